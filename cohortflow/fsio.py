@@ -1,0 +1,112 @@
+"""The one module that writes files. Every write is atomic.
+
+On a local filesystem: write a temporary file in the same folder, flush, fsync,
+``os.replace`` it over the target, then fsync the folder, so a killed process leaves
+either the old file or the new one, never a part. On object storage (any other UPath
+protocol) a single PUT is already atomic, so the bytes are written directly.
+
+Locks (``exclusive_lock``) serialise writers of the same partition across processes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from upath import UPath
+
+from cohortflow.canonical import canonical_json
+
+TMP_PREFIX = ".tmp-"
+
+
+def is_local(path: Any) -> bool:
+    """True for plain paths and ``file://`` UPaths."""
+    if isinstance(path, UPath):
+        return path.protocol in ("", "file", "local")
+    return True
+
+
+def local_path(path: Any) -> Path:
+    return Path(path.path) if isinstance(path, UPath) else Path(path)
+
+
+def fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Any, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically, creating parent folders."""
+    if not is_local(path):
+        upath = UPath(path)
+        upath.parent.mkdir(parents=True, exist_ok=True)
+        upath.write_bytes(data)
+        return
+    target = local_path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f"{TMP_PREFIX}{target.name}.{secrets.token_hex(6)}"
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    fsync_dir(target.parent)
+
+
+def atomic_write_text(path: Any, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def write_json(path: Any, obj: Any) -> bytes:
+    """Write ``obj`` as canonical JSON; return the bytes written (for hashing)."""
+    data = canonical_json(obj).encode("utf-8")
+    atomic_write_bytes(path, data)
+    return data
+
+
+def remove_file(path: Any) -> None:
+    """Remove a file if it exists (used to withdraw a completion marker)."""
+    if is_local(path):
+        target = local_path(path)
+        with contextlib.suppress(FileNotFoundError):
+            target.unlink()
+            fsync_dir(target.parent)
+    else:
+        upath = UPath(path)
+        if upath.exists():
+            upath.unlink()
+
+
+@contextlib.contextmanager
+def exclusive_lock(lock_path: Any) -> Iterator[None]:
+    """Hold an exclusive advisory lock (``flock``) on ``lock_path`` for the block.
+
+    Local filesystems only; on object storage this is a no-op (writes there are single
+    PUTs, and one run per partition is Dagster's own guarantee).
+    """
+    if not is_local(lock_path):
+        yield
+        return
+    path = local_path(lock_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
