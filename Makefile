@@ -1,0 +1,67 @@
+# cohortflow — two commands set everything up: `make demo` and `make test`.
+# Needs only python3 (3.11+) and make; everything else installs from uv.lock into .venv.
+
+PYTHON ?= python3
+UV_VERSION := 0.13.9
+VENV := .venv
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+BIN := $(VENV)/bin
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+
+DATA_DIR ?= data/bars
+OUTPUT_ROOT ?= output
+export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
+
+.PHONY: help install demo test test-quick test-browser ui bench lint format clean
+
+help:
+	@echo "make demo        install, copy the built-in real data, materialize the whole graph, print a summary"
+	@echo "make test        the whole test suite (slow end-to-end tests included)"
+	@echo "make test-quick  the quick subset (no slow end-to-end, no browser)"
+	@echo "make ui          the Dagster UI (webserver + daemon) on http://127.0.0.1:3000"
+	@echo "make bench       benchmarks (BENCH_QUICK=1 for a short run)"
+	@echo "make lint        ruff"
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip install --quiet --disable-pip-version-check uv==$(UV_VERSION)
+
+# The lock file is the source of truth: `uv sync --frozen` never re-resolves.
+$(VENV)/.installed: uv.lock pyproject.toml | $(UV)
+	$(UV) sync --frozen --all-extras
+	@touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	@mkdir -p $(DAGSTER_HOME)
+	$(BIN)/cohortflow demo --data $(DATA_DIR) --out $(OUTPUT_ROOT)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+test-quick: install
+	$(BIN)/python -m pytest -q -m "not slow and not browser"
+
+test-browser: install
+	$(BIN)/python -m pytest -q -m browser
+
+ui: install
+	@mkdir -p $(DAGSTER_HOME)
+	COHORTFLOW_DATA_DIR=$(DATA_DIR) COHORTFLOW_OUTPUT_ROOT=$(OUTPUT_ROOT) COHORTFLOW_SETTINGS=$(CURDIR)/config/demo.yaml \
+		$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+
+bench: install
+	$(BIN)/python bench/run.py
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .ruff_cache

@@ -1,0 +1,93 @@
+"""Asset checks, one partition at a time. The logic lives in ``cohortflow.validate``."""
+
+
+from collections.abc import Callable, Sequence
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetChecksDefinition,
+    AssetKey,
+    asset_check,
+)
+
+from assets.partitions import attempt_partitions, split_key
+from cohortflow import validate
+from resources.cohortflow import CohortflowResource
+
+STAGE_OF_SNAPSHOT = {
+    "cohort_snapshot_target_ranking": "TARGET_RANKING",
+    "cohort_snapshot_feature_selection": "FEATURE_SELECTION",
+    "cohort_snapshot_training": "TRAINING",
+}
+
+
+def _result(verdict: validate.Verdict, severity: AssetCheckSeverity) -> AssetCheckResult:
+    return AssetCheckResult(
+        passed=verdict.passed,
+        severity=severity,
+        description=verdict.message,
+        metadata={"detail": verdict.message, **verdict.metadata},
+    )
+
+
+def _check(
+    target: str,
+    asset_name: str,
+    name: str,
+    description: str,
+    fn: Callable[..., validate.Verdict],
+    severity: AssetCheckSeverity = AssetCheckSeverity.ERROR,
+    stage: str | None = None,
+) -> AssetChecksDefinition:
+    @asset_check(
+        asset=AssetKey([target, asset_name]),
+        name=name,
+        description=description,
+        partitions_def=attempt_partitions,
+    )
+    def _run(context: AssetCheckExecutionContext, cohortflow: CohortflowResource) -> AssetCheckResult:
+        batch, attempt = split_key(context.partition_key)
+        store = cohortflow.store()
+        args = (store, target, stage, batch, attempt) if stage else (store, target, batch, attempt)
+        return _result(fn(*args), severity)
+
+    return _run
+
+
+def build_checks(targets: Sequence[str]) -> list[AssetChecksDefinition]:
+    checks = []
+    for t in targets:
+        checks += [
+            _check(t, "feature_exclusions", "no_leaks_remain",
+                   "Fails while features found leaking in this attempt are still in use; "
+                   "the attempt sensor then starts attempt n+1 without them.",
+                   validate.leaks_remaining),
+            _check(t, "feature_importances", "importances_schema",
+                   "Every importance CSV has feature, importance, rank, share; ranks 1..n.",
+                   validate.importances_schema),
+            _check(t, "featureset", "featureset_schema",
+                   "Featuresets are well formed, keep at least one feature and no random probe.",
+                   validate.featureset_schema),
+            _check(t, "oof_dataset", "oof_schema",
+                   "OOF parquet has timestamp, symbol, fold, y_true, pred_{model}; one row each.",
+                   validate.oof_schema),
+            _check(t, "stacking_model", "native_formats",
+                   "The stacking folder holds its model card and meta-learner, and no pickle.",
+                   validate.stacking_files),
+        ]
+        for asset_name, stage in STAGE_OF_SNAPSHOT.items():
+            checks += [
+                _check(t, asset_name, "snapshot_schema",
+                       "snapshot.json's scoring_schema_version equals metrics.json's schema.scoring; "
+                       "the artifacts manifest is set.",
+                       validate.cohort_consistency, stage=stage),
+                _check(t, asset_name, "manifest_integrity",
+                       "The attempt's files still match artifacts_manifest_sha256.",
+                       validate.manifest_integrity, stage=stage),
+                _check(t, asset_name, "comparable_with_previous",
+                       "diff_prev.json's verdict: comparable with the previous snapshot.",
+                       validate.comparability, AssetCheckSeverity.WARN, stage=stage),
+            ]
+    return checks

@@ -1,0 +1,649 @@
+"""Leak detection: name rules, a look-ahead test and a dominance test -> :class:`Exclusions`.
+
+Three tests, run in this order on the features that earlier attempts did not exclude:
+
+1. **Name rules** (``settings.name_rules``, case-insensitive substrings such as ``fwd_``,
+   ``future``; plus any target or ``label_end_`` column name): cheap and certain.
+2. **Look-ahead test** (computed features only, the code we can rerun): each feature is
+   recomputed on the bars truncated at cut points ``t``; any change (NaN-aware, beyond a
+   1e-12 relative tolerance) at a row <= ``t`` means the value at ``t`` read bars after ``t``.
+3. **Dominance test** (every feature, including user columns whose code we cannot rerun):
+   the out-of-fold rank IC of the feature alone, under :class:`~cohortflow.splits.PurgedKFold`.
+   Honest daily signals rarely reach 0.1; a leak scores far higher or far above the rest.
+
+Scope of an exclusion (``Exclusion.symbols``): empty means *every symbol*. Look-ahead hits are
+always pooled: the feature code is the same for every symbol, so a feature that reads the
+future on one sampled symbol reads it on all of them (the symbols where the change was
+observed are kept in the evidence). Only the per-symbol dominance test of user columns, which
+come from per-symbol files and may leak in one file only, yields symbol-scoped entries.
+
+Attempts fix themselves: attempt ``n+1`` inherits attempt ``n``'s exclusions, tests only
+what is left, and :func:`next_attempt` asks for another attempt only while leaks remain.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from cohortflow.canonical import normalize
+from cohortflow.settings import Settings
+from cohortflow.splits import PurgedKFold
+
+if TYPE_CHECKING:
+    from cohortflow.features import FeatureSpec, Panel
+
+log = logging.getLogger(__name__)
+
+REASONS = ("name_rule", "lookahead", "dominance")
+
+# Look-ahead: relative tolerance of "changed" (plus a tiny absolute one for values near 0).
+LOOKAHEAD_RTOL = 1e-12
+LOOKAHEAD_ATOL = 1e-15
+# Look-ahead: at most this many symbols are recomputed (evenly spaced in sorted order, so the
+# choice is deterministic and spread over the universe); the code is shared, so a handful of
+# symbols with several cuts each is enough to see a feature read the future.
+LOOKAHEAD_MAX_SYMBOLS = 16
+
+# Dominance: the ratio rule only fires above this absolute rank IC. With mostly-noise features
+# the median is ~0.01, so the floor is what the ratio rule really compares with: 0.2 sits above
+# strong honest signals (the synthetic truth plants pooled ICs of 0.15 and 0.12) and well
+# below what a leak scores (fwd return + noise: 0.7+; a centered window: ~0.7).
+DOMINANCE_FLOOR = 0.2
+# Dominance per symbol (user columns): a symbol's OOF rank IC over n rows of an h-bar target has
+# a standard error of about sqrt(h / n) (overlapping labels); flag only beyond this many of them.
+PER_SYMBOL_Z = 5.0
+
+_TARGET_RE = re.compile(r"^fwd_ret_(\d+)$")
+
+
+# --------------------------------------------------------------------------------------------
+# records
+
+
+@dataclass(frozen=True)
+class Exclusion:
+    """One excluded feature, why, the numbers that show it, and the attempt that found it.
+
+    ``symbols`` is the scope: empty = every symbol (pooled); otherwise only those symbols.
+    ``evidence`` is normalised at construction (plain JSON types, 12-digit floats), so an
+    exclusion survives a ``to_dict``/``from_dict`` round trip unchanged.
+    """
+
+    feature: str
+    reason: str
+    evidence: Mapping[str, Any]
+    attempt: int
+    symbols: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.reason not in REASONS:
+            raise ValueError(f"unknown exclusion reason {self.reason!r}; known: {REASONS}")
+        if int(self.attempt) < 0:
+            raise ValueError(f"attempt must be >= 0, got {self.attempt}")
+        object.__setattr__(self, "attempt", int(self.attempt))
+        object.__setattr__(self, "evidence", normalize(dict(self.evidence)))
+        object.__setattr__(self, "symbols", tuple(sorted({str(s) for s in self.symbols})))
+
+    def __hash__(self) -> int:  # evidence is a dict: hash the identity fields only
+        return hash((self.feature, self.reason, self.attempt, self.symbols))
+
+    def applies_to(self, symbol: str) -> bool:
+        return not self.symbols or symbol in self.symbols
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "feature": self.feature,
+            "reason": self.reason,
+            "evidence": dict(self.evidence),
+            "attempt": self.attempt,
+            "symbols": list(self.symbols),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Exclusion:
+        return cls(
+            feature=str(d["feature"]),
+            reason=str(d["reason"]),
+            evidence=dict(d.get("evidence") or {}),
+            attempt=int(d["attempt"]),
+            symbols=tuple(d.get("symbols") or ()),
+        )
+
+
+@dataclass(frozen=True)
+class Exclusions:
+    """Every feature excluded for ``target`` as of ``attempt``: inherited + found here.
+
+    Entries are sorted by feature, one per feature.
+    """
+
+    target: str
+    attempt: int
+    entries: tuple[Exclusion, ...] = field(default=())
+
+    def __post_init__(self) -> None:
+        entries = tuple(sorted(self.entries, key=lambda e: e.feature))
+        names = [e.feature for e in entries]
+        dupes = sorted(n for n, c in Counter(names).items() if c > 1)
+        if dupes:
+            raise ValueError(f"features excluded twice for {self.target}: {dupes}")
+        late = [e.feature for e in entries if e.attempt > self.attempt]
+        if late:
+            raise ValueError(f"exclusions from a later attempt than {self.attempt}: {late}")
+        object.__setattr__(self, "entries", entries)
+        object.__setattr__(self, "attempt", int(self.attempt))
+
+    def excluded(self) -> frozenset[str]:
+        """All excluded features, whatever their scope (what a pooled model must not use)."""
+        return frozenset(e.feature for e in self.entries)
+
+    def found_here(self) -> tuple[Exclusion, ...]:
+        """Entries found in this attempt: the leaks that were still in its inputs."""
+        return tuple(e for e in self.entries if e.attempt == self.attempt)
+
+    def inherited(self) -> tuple[Exclusion, ...]:
+        return tuple(e for e in self.entries if e.attempt < self.attempt)
+
+    def for_symbol(self, symbol: str) -> Exclusions:
+        """The entries that apply to one symbol: pooled ones + those scoped to it."""
+        return Exclusions(
+            self.target, self.attempt, tuple(e for e in self.entries if e.applies_to(symbol))
+        )
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "n_excluded": len(self.entries),
+            "n_inherited": len(self.inherited()),
+            "n_found_in_this_attempt": len(self.found_here()),
+            "by_reason": dict(sorted(Counter(e.reason for e in self.entries).items())),
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "attempt": self.attempt,
+            "excluded": [e.to_dict() for e in self.entries],
+            "found_in_this_attempt": [e.feature for e in self.found_here()],
+            "summary": self.summary(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Exclusions:
+        entries = tuple(Exclusion.from_dict(e) for e in d.get("excluded") or ())
+        return cls(target=str(d["target"]), attempt=int(d["attempt"]), entries=entries)
+
+
+def next_attempt(exclusions: Exclusions, attempt_limit: int) -> int | None:
+    """The attempt to run next, or ``None``: the one decision the sensor and the CLI share.
+
+    Attempt ``n+1`` is requested only if attempt ``n`` found leaks (its inputs still held them)
+    and ``n+1 < attempt_limit`` (attempts are numbered from 0, so the limit is a count).
+    """
+    if not exclusions.found_here():
+        return None
+    nxt = exclusions.attempt + 1
+    return nxt if nxt < int(attempt_limit) else None
+
+
+# --------------------------------------------------------------------------------------------
+# rank helpers (numpy, vectorised; shared with selection)
+
+
+def average_ranks(values: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+    """1-based ranks of ``values`` (ties share their mean rank), within ``groups`` if given.
+
+    NaN values get NaN ranks and do not count. One sort per call.
+    """
+    v = np.asarray(values, dtype=float)
+    n = v.size
+    out = np.full(n, np.nan)
+    if n == 0:
+        return out
+    if groups is None:
+        order = np.argsort(v, kind="stable")
+        g_sorted = np.zeros(n, dtype=np.int64)
+    else:
+        g = np.asarray(groups)
+        order = np.lexsort((v, g))  # by group, then value; NaN last within a group
+        g_sorted = g[order]
+    v_sorted = v[order]
+    ok = np.flatnonzero(~np.isnan(v_sorted))
+    m = ok.size
+    if m == 0:
+        return out
+    vs, gs = v_sorted[ok], g_sorted[ok]
+    new_group = np.ones(m, dtype=bool)
+    new_group[1:] = gs[1:] != gs[:-1]
+    new_run = new_group.copy()
+    new_run[1:] |= vs[1:] != vs[:-1]
+    pos = np.arange(m)
+    group_start = np.maximum.accumulate(np.where(new_group, pos, 0))
+    ordinal = pos - group_start + 1
+    run_starts = np.flatnonzero(new_run)
+    run_ends = np.append(run_starts[1:], m) - 1
+    run_rank = (ordinal[run_starts] + ordinal[run_ends]) / 2.0
+    out[order[ok]] = run_rank[np.cumsum(new_run) - 1]
+    return out
+
+
+def group_corr(
+    a: np.ndarray, b: np.ndarray, codes: np.ndarray, n_groups: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pearson correlation of ``a`` and ``b`` within each group code; rows with NaN are skipped.
+
+    Returns (corr, n) arrays of length ``n_groups``; corr is NaN where n < 3 or a side is constant.
+    """
+    ok = ~(np.isnan(a) | np.isnan(b))
+    a, b, c = a[ok], b[ok], codes[ok]
+    n = np.bincount(c, minlength=n_groups).astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ma = np.bincount(c, a, n_groups) / n
+        mb = np.bincount(c, b, n_groups) / n
+        da, db = a - ma[c], b - mb[c]
+        sab = np.bincount(c, da * db, n_groups)
+        saa = np.bincount(c, da * da, n_groups)
+        sbb = np.bincount(c, db * db, n_groups)
+        corr = sab / np.sqrt(saa * sbb)
+    corr[(n < 3) | ~np.isfinite(corr)] = np.nan
+    return corr, n
+
+
+def rank_ic(x: np.ndarray, y: np.ndarray) -> float:
+    """Pooled Spearman rank correlation of ``x`` and ``y`` over rows where both are finite."""
+    x = np.asarray(x, dtype=float)
+    y = np.asarray(y, dtype=float)
+    ok = ~(np.isnan(x) | np.isnan(y))
+    if ok.sum() < 3:
+        return float("nan")
+    codes = np.zeros(int(ok.sum()), dtype=np.int64)
+    corr, _ = group_corr(average_ranks(x[ok]), average_ranks(y[ok]), codes, 1)
+    return float(corr[0])
+
+
+# --------------------------------------------------------------------------------------------
+# name rules
+
+
+def name_rule_hits(
+    features: Iterable[str],
+    target: str,
+    targets: Iterable[str],
+    rules: Iterable[str],
+    attempt: int = 0,
+) -> list[Exclusion]:
+    """Features whose names say they hold the future: a target's (or label end's) exact name,
+    or a case-insensitive substring rule such as ``fwd_``, ``future``, ``target``, ``label``."""
+    label_names = {target, *targets}
+    label_names |= {"label_end_" + t[len("fwd_ret_") :] for t in label_names if _TARGET_RE.match(t)}
+    rules = [r for r in rules if r]
+    hits = []
+    for feature in sorted(set(features)):
+        if feature in label_names:
+            evidence: dict[str, Any] = {"rule": "target_name", "matches": feature}
+        else:
+            rule = next((r for r in rules if r.lower() in feature.lower()), None)
+            if rule is None:
+                continue
+            evidence = {"rule": rule}
+        hits.append(Exclusion(feature, "name_rule", evidence, attempt))
+    return hits
+
+
+# --------------------------------------------------------------------------------------------
+# look-ahead test
+
+
+def _sample_symbols(symbols: Iterable[str], max_symbols: int) -> list[str]:
+    """A deterministic, evenly spread choice of at most ``max_symbols`` of the sorted symbols."""
+    ordered = sorted(symbols)
+    if len(ordered) <= max_symbols:
+        return ordered
+    picks = np.linspace(0, len(ordered) - 1, max_symbols).round().astype(int)
+    return [ordered[i] for i in sorted(set(picks.tolist()))]
+
+
+def _cut_positions(n_rows: int, lookback: int, n_cuts: int, offset: float) -> list[int]:
+    """Row positions to truncate at (inclusive), spread over [warm-up, n_rows - 2].
+
+    ``offset`` in (0, 1) shifts the grid per symbol, so different symbols test different bars.
+    """
+    lo = min(max(int(lookback) + 1, 2), n_rows - 2)
+    hi = n_rows - 2  # truncating at the last row would change nothing
+    if hi < lo or n_cuts < 1:
+        return []
+    span = hi - lo + 1
+    cuts = {lo + int(span * (i + offset) / n_cuts) for i in range(n_cuts)}
+    return sorted(min(c, hi) for c in cuts)
+
+
+def _compute(spec: FeatureSpec, bars: pd.DataFrame) -> np.ndarray:
+    values = spec.compute(bars)
+    arr = np.asarray(values, dtype=float).reshape(-1)
+    if arr.size != len(bars):
+        raise ValueError(f"feature {spec.name!r} returned {arr.size} values for {len(bars)} bars")
+    return arr
+
+
+def _iso(ts: Any) -> str:
+    return pd.Timestamp(ts).isoformat()
+
+
+def lookahead_test(
+    bars_by_symbol: Mapping[str, pd.DataFrame],
+    specs: Sequence[FeatureSpec],
+    n_cuts: int,
+    attempt: int,
+    max_symbols: int = LOOKAHEAD_MAX_SYMBOLS,
+) -> list[Exclusion]:
+    """Recompute each computed feature on bars truncated at ``n_cuts`` cut points per symbol.
+
+    A feature whose value at any row <= cut changes when the bars after the cut are removed
+    reads the future. At most ``max_symbols`` symbols are tested (evenly spaced in sorted
+    order); each gets its own cut grid. Cost: ``(n_cuts + 1)`` computations per feature and
+    tested symbol. Evidence: the first change seen (symbol, cut, rows changed, largest
+    difference, first changed bar) and how many cuts and symbols showed one.
+    """
+    symbols = _sample_symbols(bars_by_symbol, max_symbols)
+    hits: list[Exclusion] = []
+    for spec in sorted(specs, key=lambda s: s.name):
+        needs = set(getattr(spec, "needs", ()) or ())
+        first: dict[str, Any] | None = None
+        tested: list[str] = []
+        changed_symbols: list[str] = []
+        cuts_tested = cuts_changed = 0
+        for j, symbol in enumerate(symbols):
+            bars = bars_by_symbol[symbol]
+            if not needs <= set(bars.columns):
+                continue
+            cuts = _cut_positions(len(bars), spec.lookback, n_cuts, (j + 1) / (len(symbols) + 1))
+            if not cuts:
+                continue
+            tested.append(symbol)
+            full = _compute(spec, bars)
+            stamps = bars["timestamp"].to_numpy()
+            seen_here = False
+            for cut in cuts:
+                cuts_tested += 1
+                head = full[: cut + 1]
+                trunc = _compute(spec, bars.iloc[: cut + 1].copy())
+                changed = ~np.isclose(
+                    head, trunc, rtol=LOOKAHEAD_RTOL, atol=LOOKAHEAD_ATOL, equal_nan=True
+                )
+                if not changed.any():
+                    continue
+                cuts_changed += 1
+                seen_here = True
+                if first is None:
+                    both = changed & np.isfinite(head) & np.isfinite(trunc)
+                    rows = np.flatnonzero(changed)
+                    first = {
+                        "cut": _iso(stamps[cut]),
+                        "symbol": symbol,
+                        "rows_changed": int(changed.sum()),
+                        "max_abs_diff": float(np.abs(head[both] - trunc[both]).max())
+                        if both.any()
+                        else 0.0,
+                        "nan_mismatches": int((changed & ~both).sum()),
+                        "first_changed": _iso(stamps[rows[0]]),
+                    }
+            if seen_here:
+                changed_symbols.append(symbol)
+        if first is not None:
+            evidence = {
+                **first,
+                "cuts_tested": cuts_tested,
+                "cuts_changed": cuts_changed,
+                "symbols_tested": tested,
+                "symbols_changed": changed_symbols,
+            }
+            log.info("look-ahead: %s changes at rows <= cut (%s)", spec.name, first)
+            hits.append(Exclusion(spec.name, "lookahead", evidence, attempt))
+    return hits
+
+
+# --------------------------------------------------------------------------------------------
+# dominance test
+
+
+def horizon_of(target: str) -> int:
+    """The horizon in bars of a ``fwd_ret_{h}`` target."""
+    m = _TARGET_RE.match(target)
+    if not m:
+        raise ValueError(f"target {target!r} is not of the form fwd_ret_{{h}}")
+    return int(m.group(1))
+
+
+def _valid_rows(frame: pd.DataFrame, target: str) -> np.ndarray:
+    return np.flatnonzero(np.isfinite(frame[target].to_numpy(dtype=float)))
+
+
+def purged_test_folds(frame: pd.DataFrame, horizon: int, settings: Settings) -> list[np.ndarray]:
+    """Test row positions (into ``frame``) of each PurgedKFold fold."""
+    label_col = f"label_end_{horizon}"
+    label_end = frame[label_col].to_numpy() if label_col in frame.columns else None
+    splitter = PurgedKFold(settings.n_splits, horizon, settings.embargo_for(horizon))
+    return [
+        np.asarray(test, dtype=np.int64)
+        for _, test in splitter.split(
+            frame[["timestamp"]], groups=frame["timestamp"].to_numpy(), label_end=label_end
+        )
+    ]
+
+
+def symbol_codes(symbols: pd.Series) -> tuple[np.ndarray, np.ndarray]:
+    """(sorted symbol names, int64 code per row); cheap for the panel's Categorical column."""
+    if isinstance(symbols.dtype, pd.CategoricalDtype):
+        cat = symbols.cat.remove_unused_categories()
+        names = np.asarray(cat.cat.categories, dtype=object)
+        order = np.argsort(names.astype(str), kind="stable")
+        remap = np.empty(order.size, dtype=np.int64)
+        remap[order] = np.arange(order.size)
+        return names[order], remap[cat.cat.codes.to_numpy().astype(np.int64)]
+    names, codes = np.unique(symbols.astype(str).to_numpy(), return_inverse=True)
+    return names, codes.astype(np.int64)
+
+
+def _oof_rank_ic(
+    x: np.ndarray,
+    y_ranks: list[np.ndarray],
+    y_folds: list[np.ndarray],
+    folds: list[np.ndarray],
+    codes: np.ndarray | None,
+    n_groups: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Signed out-of-fold rank IC of one feature, per group: (ic[n_groups], rows[n_groups]).
+
+    On each fold's test rows the rank IC is exact (ranked once per fold). The sign of the
+    one-feature "model" for fold k is learned without fold k: from the other folds' rank ICs,
+    weighted by rows (a single sign cannot carry the test fold's labels).
+    """
+    ics = np.zeros((len(folds), n_groups))
+    ns = np.zeros((len(folds), n_groups))
+    for k, test in enumerate(folds):
+        xk = x[test]
+        ck = codes[test] if codes is not None else np.zeros(test.size, dtype=np.int64)
+        yk = y_folds[k]
+        ok = ~np.isnan(xk)
+        yr = (
+            y_ranks[k]
+            if ok.all()
+            else average_ranks(np.where(ok, yk, np.nan), ck if codes is not None else None)
+        )
+        xr = average_ranks(xk, ck if codes is not None else None)
+        corr, n = group_corr(xr, yr, ck, n_groups)
+        ics[k] = np.nan_to_num(corr)
+        ns[k] = np.where(np.isnan(corr), 0.0, n)
+    weighted = ics * ns
+    total = weighted.sum(axis=0)
+    signs = np.sign(total[None, :] - weighted)  # sign from the other folds
+    rows = ns.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        oof = (signs * weighted).sum(axis=0) / rows
+    return np.where(rows > 0, oof, np.nan), rows
+
+
+def dominance_test(
+    panel_frame: pd.DataFrame,
+    target: str,
+    features: Sequence[str],
+    settings: Settings,
+    attempt: int,
+    horizon: int | None = None,
+    per_symbol: Iterable[str] = (),
+) -> list[Exclusion]:
+    """Flag features that score implausibly well alone (single-feature OOF rank IC).
+
+    Pooled over all rows, under ``PurgedKFold(n_splits, h, embargo)``: a feature is flagged when
+    ``|IC| > settings.dominance_rank_ic`` ("abs_rank_ic"), or when ``|IC| > DOMINANCE_FLOOR`` and
+    ``|IC| > settings.dominance_ratio x`` the median ``|IC|`` of the other features ("ratio").
+    Features in ``per_symbol`` (user columns) not flagged pooled are also tested per symbol on
+    the same folds and flagged, scoped to the symbol, where ``|IC_s| >
+    max(dominance_rank_ic, PER_SYMBOL_Z * sqrt(h / rows_s))``.
+    Cost: one sort of each fold's test rows per feature (plus one per symbol-tested feature).
+    """
+    h = horizon if horizon is not None else horizon_of(target)
+    features = list(dict.fromkeys(features))
+    if not features:
+        return []
+    valid = _valid_rows(panel_frame, target)
+    frame = panel_frame.iloc[valid]
+    y = frame[target].to_numpy(dtype=float)
+    folds = [f for f in purged_test_folds(frame, h, settings) if f.size]
+    if not folds:
+        log.warning("dominance test for %s: no folds (%d rows); nothing tested", target, len(frame))
+        return []
+    y_folds = [y[f] for f in folds]
+    y_ranks = [average_ranks(yk) for yk in y_folds]
+
+    ics = np.empty(len(features))
+    rows = np.empty(len(features))
+    for i, feat in enumerate(features):
+        ic, n = _oof_rank_ic(frame[feat].to_numpy(dtype=float), y_ranks, y_folds, folds, None, 1)
+        ics[i], rows[i] = ic[0], n[0]
+    abs_ic = np.abs(np.nan_to_num(ics))
+
+    hits: list[Exclusion] = []
+    flagged: set[str] = set()
+    for i, feat in enumerate(features):
+        others = np.delete(abs_ic, i)
+        med = float(np.median(others)) if others.size else 0.0
+        ratio = float(abs_ic[i] / med) if med > 0 else float("inf")
+        if abs_ic[i] > settings.dominance_rank_ic:
+            rule = "abs_rank_ic"
+        elif abs_ic[i] > DOMINANCE_FLOOR and abs_ic[i] > settings.dominance_ratio * med:
+            rule = "ratio"
+        else:
+            continue
+        evidence = {
+            "rule": rule,
+            "rank_ic": float(ics[i]),
+            "threshold": settings.dominance_rank_ic,
+            "median_abs_rank_ic": med,
+            "ratio": ratio if np.isfinite(ratio) else None,
+            "dominance_ratio": settings.dominance_ratio,
+            "floor": DOMINANCE_FLOOR,
+            "rows": int(rows[i]),
+            "folds": len(folds),
+        }
+        log.info("dominance: %s scores alone %s", feat, evidence)
+        hits.append(Exclusion(feat, "dominance", evidence, attempt))
+        flagged.add(feat)
+
+    rest = [f for f in dict.fromkeys(per_symbol) if f in features and f not in flagged]
+    uniq, codes = symbol_codes(frame["symbol"])
+    if rest and uniq.size > 1:
+        y_ranks_g = [average_ranks(yk, codes[f]) for yk, f in zip(y_folds, folds, strict=True)]
+        for feat in rest:
+            ic, n = _oof_rank_ic(
+                frame[feat].to_numpy(dtype=float), y_ranks_g, y_folds, folds, codes, uniq.size
+            )
+            with np.errstate(invalid="ignore", divide="ignore"):
+                thr = np.maximum(settings.dominance_rank_ic, PER_SYMBOL_Z * np.sqrt(h / n))
+            bad = np.flatnonzero(np.isfinite(ic) & (n > 0) & (np.abs(ic) > thr))
+            if bad.size == 0:
+                continue
+            by_symbol = {
+                str(uniq[s]): {
+                    "rank_ic": float(ic[s]),
+                    "threshold": float(thr[s]),
+                    "rows": int(n[s]),
+                }
+                for s in bad
+            }
+            evidence = {
+                "rule": "per_symbol",
+                "z": PER_SYMBOL_Z,
+                "by_symbol": by_symbol,
+                "folds": len(folds),
+            }
+            log.info("dominance: user column %s scores alone in %s", feat, sorted(by_symbol))
+            hits.append(Exclusion(feat, "dominance", evidence, attempt, tuple(by_symbol)))
+    return hits
+
+
+# --------------------------------------------------------------------------------------------
+# the whole detection of one attempt
+
+
+def detect_leaks(
+    panel: Panel,
+    target: str,
+    horizon: int,
+    specs: Sequence[FeatureSpec],
+    bars_by_symbol: Mapping[str, pd.DataFrame],
+    settings: Settings,
+    attempt: int,
+    inherited: Exclusions | None,
+) -> Exclusions:
+    """Run the three tests on the features that earlier attempts did not exclude.
+
+    Returns ``inherited``'s entries plus the ones found here (attempt ``attempt``). Only specs
+    whose feature is in the panel are recomputed; user columns (not in ``specs``) are covered
+    by the name rules and the dominance test (pooled and per symbol).
+    """
+    if target not in panel.frame.columns:
+        raise ValueError(f"target {target!r} is not a column of the panel")
+    if inherited is not None:
+        if inherited.target != target:
+            raise ValueError(f"inherited exclusions are for {inherited.target!r}, not {target!r}")
+        if inherited.attempt >= attempt:
+            raise ValueError(f"attempt {attempt} cannot inherit from attempt {inherited.attempt}")
+        previous = inherited.entries
+    else:
+        previous = ()
+    done = {e.feature for e in previous}
+    candidates = [f for f in panel.features if f not in done]
+    targets = tuple(getattr(panel, "targets", None) or settings.targets)
+
+    found = name_rule_hits(candidates, target, targets, settings.name_rules, attempt)
+    done |= {e.feature for e in found}
+
+    specs_here = [s for s in specs if s.name in candidates and s.name not in done]
+    found += lookahead_test(bars_by_symbol, specs_here, settings.lookahead_cuts, attempt)
+    done |= {e.feature for e in found}
+
+    spec_names = {s.name for s in specs}
+    rest = [f for f in candidates if f not in done]
+    user = [f for f in rest if f not in spec_names]
+    found += dominance_test(
+        panel.frame, target, rest, settings, attempt, horizon=horizon, per_symbol=user
+    )
+
+    result = Exclusions(target, attempt, tuple(previous) + tuple(found))
+    log.info(
+        "%s attempt %d: %d inherited, %d found (%s)",
+        target,
+        attempt,
+        len(previous),
+        len(found),
+        ", ".join(f"{e.feature}:{e.reason}" for e in result.found_here()) or "none",
+    )
+    return result

@@ -1,0 +1,175 @@
+"""Read a stored OOF dataset (stage TRAINING) back for stacking, without Dagster.
+
+``load_stacking_data(root, batch, attempt, target)`` reads
+``targets/{target}/reproducibility/stage=TRAINING/CROSS_SECTIONAL/batch_{b}/attempt_{n}/oof/
+oof_predictions.parquet`` with its ``fold_plan.json`` and the attempt's TRAINING cohort
+metadata. When something is missing, the error names the exact path it looked for and
+what does exist one level up (the targets, the batches, the attempts), so the caller can
+correct the request without walking the tree by hand.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+import pyarrow.parquet as pq
+
+from cohortflow.canonical import sha256_hex
+from cohortflow.errors import ArtifactNotFoundError, DataError, InvalidNameError
+from cohortflow.layout import (
+    COMPLETE_MARKER,
+    CROSS_SECTIONAL,
+    METADATA_FILE,
+    Scope,
+    as_root,
+    sorted_attempts,
+    validate_batch,
+)
+from cohortflow.names import validate_name
+
+log = logging.getLogger(__name__)
+
+STAGE = "TRAINING"
+# the OOF column prefix of cohortflow.oof, repeated so that reading a dataset does not import
+# scikit-learn and the model libraries
+PRED_PREFIX = "pred_"
+FOLD_PLAN_FOLDER = "oof"
+
+
+class OOFColumnsError(DataError, ValueError):
+    """A stored OOF dataset lacks ``y_true`` or every ``pred_`` column."""
+
+
+@dataclass(frozen=True)
+class StackingData:
+    """An OOF dataset as stored, and where it came from.
+
+    ``metadata``: batch, attempt, target, path (str), fold_plan (the fold_plan.json dict or
+    None), rows, pred_columns, models, sha256 (of the parquet bytes), complete (the
+    attempt's ``_COMPLETE`` marker exists), cohort_id and cohort_metadata (the attempt's
+    TRAINING cohort ``metadata.json``, or None).
+    """
+
+    frame: pd.DataFrame
+    metadata: dict
+
+
+def _dirs(folder: Any) -> list[str]:
+    """Sorted names of the sub-folders of ``folder`` ([] if it does not exist)."""
+    try:
+        return sorted(p.name for p in folder.iterdir() if p.is_dir())
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def _batches(view_dir: Any) -> list[str]:
+    return [name.removeprefix("batch_") for name in _dirs(view_dir) if name.startswith("batch_")]
+
+
+def _read_json(path: Any) -> Any:
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _not_found(root: Any, scope: Scope, path: Any) -> ArtifactNotFoundError:
+    """The most specific "not found" error: missing target, batch, or attempt/file."""
+    what = (
+        f"OOF dataset not found for batch {scope.batch} attempt {scope.attempt} target "
+        f"{scope.target}; expected {path}"
+    )
+    targets_dir = root / "targets"
+    targets = _dirs(targets_dir)
+    if scope.target not in targets:
+        return ArtifactNotFoundError(f"{what}; targets under {targets_dir}: {targets}")
+    view_dir = scope.view_dir(root)
+    batch_dir = view_dir / f"batch_{scope.batch}"
+    if not batch_dir.is_dir():
+        batches = _batches(view_dir)
+        if batches:
+            return ArtifactNotFoundError(f"{what}; batches of target {scope.target}: {batches}")
+        elsewhere = {}
+        for name in targets:
+            try:
+                other = Scope(name, STAGE, CROSS_SECTIONAL, scope.batch, 0).view_dir(root)
+            except InvalidNameError:  # a stray folder under targets/ is no target
+                continue
+            if found := _batches(other):
+                elsewhere[name] = found
+        return ArtifactNotFoundError(
+            f"{what}; target {scope.target} has no {STAGE} batches; batches by target: {elsewhere}"
+        )
+    return ArtifactNotFoundError(f"{what}; attempts of this batch: {sorted_attempts(batch_dir)}")
+
+
+def _cohort_metadata(attempt_dir: Any) -> tuple[str | None, dict | None]:
+    """The attempt's TRAINING cohort id and metadata.json (the last cohort id if several)."""
+    found = []
+    for name in _dirs(attempt_dir):
+        if name.startswith("cohort="):
+            meta = _read_json(attempt_dir / name / METADATA_FILE)
+            if isinstance(meta, dict):
+                found.append((name.removeprefix("cohort="), meta))
+    if len(found) > 1:
+        log.warning("%s holds %d cohorts; using %s", attempt_dir, len(found), found[-1][0])
+    return found[-1] if found else (None, None)
+
+
+def load_stacking_data(root: Any, batch: str, attempt: int, target: str) -> StackingData:
+    """The OOF dataset of ``target`` for one batch (12 hex, ``batch_`` prefix optional) and attempt.
+
+    Raises :class:`~cohortflow.errors.ArtifactNotFoundError` naming the expected path and
+    what exists (targets, batches of the target, attempts of the batch) when it is absent,
+    :class:`OOFColumnsError` (a ValueError) naming the file when ``y_true`` or every
+    ``pred_`` column is missing, and InvalidNameError for an unsafe batch or target name.
+    """
+    root = as_root(root)
+    target = validate_name("target", target)
+    if isinstance(batch, str):
+        batch = batch.removeprefix("batch_")
+    batch = validate_batch(batch)
+    scope = Scope(target, STAGE, CROSS_SECTIONAL, batch, attempt)
+    path = scope.oof_path(root)
+    if not path.is_file():
+        raise _not_found(root, scope, path)
+
+    data = path.read_bytes()
+    frame = pq.read_table(io.BytesIO(data)).to_pandas()
+    preds = [c for c in frame.columns if c.startswith(PRED_PREFIX)]
+    missing = [c for c in ("y_true",) if c not in frame] + ([] if preds else [f"{PRED_PREFIX}*"])
+    if missing:
+        raise OOFColumnsError(
+            path,
+            f"OOF dataset lacks column(s) {missing}; it needs y_true and at least one "
+            f"{PRED_PREFIX}{{model}} column; it has {list(frame.columns)}",
+        )
+    if "timestamp" in frame:
+        frame["timestamp"] = frame["timestamp"].astype("datetime64[ns]")
+
+    attempt_dir = scope.attempt_dir(root)
+    fold_plan = _read_json(scope.fold_plan_path(root, FOLD_PLAN_FOLDER))
+    if fold_plan is None:
+        log.warning("no fold_plan.json beside %s", path)
+    complete = (attempt_dir / COMPLETE_MARKER).exists()
+    cohort_id, cohort_meta = _cohort_metadata(attempt_dir)
+    metadata = {
+        "batch": batch,
+        "attempt": scope.attempt,
+        "target": target,
+        "path": str(path),
+        "fold_plan": fold_plan,
+        "rows": len(frame),
+        "pred_columns": preds,
+        "models": [c.removeprefix(PRED_PREFIX) for c in preds],
+        "sha256": sha256_hex(data),
+        "complete": complete,
+        "cohort_id": cohort_id,
+        "cohort_metadata": cohort_meta,
+    }
+    log.info("loaded OOF %s: %d rows, columns %s", path, len(frame), preds)
+    return StackingData(frame=frame, metadata=metadata)

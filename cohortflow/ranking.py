@@ -1,0 +1,427 @@
+"""Target ranking (stage TARGET_RANKING): how predictable is each forward return?
+
+For one target, two views are scored with quick models on purged k-fold OOF predictions:
+
+- CROSS_SECTIONAL: all symbols pooled. Per fold a quick LightGBM and a linear model
+  (Ridge on standardised features, NaN filled with the training medians) are fit; the OOF
+  predictions give per-date IC and rank IC across symbols (dates with at least
+  ``MIN_CS_SYMBOLS`` symbols), ICIR, a Newey-West t of the rank IC (``max(h - 1, 1)`` lags:
+  h-bar returns overlap), OOF R^2, the AUC of the sign, and the time-series IC / rank IC
+  per symbol.
+- SYMBOL_SPECIFIC: each symbol alone, same fold logic on its own rows: OOF R^2, AUC of the
+  sign, time-series IC and rank IC.
+
+Time-series scores (``ts_*``, and ``ic``/``rank_ic``/``auc`` of a symbol view) are computed
+within each test fold and then averaged: pooled over folds they are biased below zero on
+pure noise, because each fold's model is fit on a training mean that excludes the test
+fold's mean, so the level of the predictions moves against the level of the target from
+fold to fold. The pooled numbers are reported too (``*_oof``); R^2 is the pooled OOF R^2.
+
+Score (orders the targets): the mean OOF rank IC of the pooled LightGBM. It is the mean
+per-date cross-sectional rank IC when at least ``MIN_CS_DATE_SHARE`` of the OOF dates have
+``MIN_CS_SYMBOLS`` symbols or more (``score_basis="cs_rank_ic"``); otherwise the cross
+section is too thin to rank in and the mean per-symbol time-series rank IC is used
+(``score_basis="ts_rank_ic"``). Rank IC is scale-free, so targets of different horizons
+and volatilities compare; both numbers are always reported.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import Ridge
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+from cohortflow.metrics import (
+    auc_sign,
+    ic_by_date,
+    ic_by_group,
+    r2,
+    summarize_ic,
+    time_series_ic,
+)
+from cohortflow.models import lightgbm_regressor
+from cohortflow.settings import Settings
+from cohortflow.splits import FoldPlan, PurgedKFold, make_fold_plan
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "CROSS_SECTIONAL",
+    "MODELS",
+    "SYMBOL_SPECIFIC",
+    "TargetRanking",
+    "ViewRanking",
+    "rank_target",
+    "ranking_table",
+]
+
+CROSS_SECTIONAL = "CROSS_SECTIONAL"
+SYMBOL_SPECIFIC = "SYMBOL_SPECIFIC"
+MODELS = ("lightgbm", "linear")
+# a per-date correlation over fewer symbols is noise (over 2 it is always +-1)
+MIN_CS_SYMBOLS = 3
+MIN_CS_DATE_SHARE = 0.5
+RIDGE_ALPHA = 1.0
+
+
+@dataclass(frozen=True, eq=False)
+class ViewRanking:
+    """Scores of one target in one view (the pooled panel, or one symbol).
+
+    ``metrics``: ``{model: {"folds": [per-fold dict, ...], "summary": {...}}}`` for
+    ``MODELS``; plain JSON types (NaN where undefined). ``importances``: ``{"lightgbm":
+    DataFrame[feature, importance, rank, share]}``, gain averaged over folds, sorted by
+    importance (descending) then feature. ``n_rows``: rows with a target in this view.
+    """
+
+    view: str
+    symbol: str | None
+    metrics: dict[str, Any]
+    importances: dict[str, pd.DataFrame]
+    n_rows: int
+    fold_plan: FoldPlan
+
+
+@dataclass(frozen=True, eq=False)
+class TargetRanking:
+    """Both views of one target and the score that orders targets (see module docstring)."""
+
+    target: str
+    horizon: int
+    cross_sectional: ViewRanking
+    symbol_specific: tuple[ViewRanking, ...]
+    score: float
+    score_basis: str = "cs_rank_ic"
+
+
+# --------------------------------------------------------------------------- models
+
+
+def linear_model() -> Pipeline:
+    """Ridge on standardised features; NaN filled with the training medians."""
+    return Pipeline(
+        [
+            ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
+            ("scale", StandardScaler()),
+            ("ridge", Ridge(alpha=RIDGE_ALPHA)),
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class _Oof:
+    preds: dict[str, np.ndarray]  # model -> OOF prediction per row (NaN where never tested)
+    gain: np.ndarray  # (n_features,) LightGBM gain averaged over folds
+
+
+def _fit_oof(X: np.ndarray, y: np.ndarray, plan: FoldPlan, settings: Settings) -> _Oof:
+    preds = {m: np.full(len(y), np.nan) for m in MODELS}
+    gains = []
+    for fold in plan.folds:
+        tr, te = fold.train_idx, fold.test_idx
+        gbm = lightgbm_regressor(settings, n_estimators=settings.quick_estimators)
+        gbm.fit(X[tr], y[tr])
+        preds["lightgbm"][te] = gbm.predict(X[te])
+        gains.append(gbm.booster_.feature_importance(importance_type="gain"))
+        lin = linear_model().fit(X[tr], y[tr])
+        preds["linear"][te] = lin.predict(X[te])
+    return _Oof(preds, np.mean(np.asarray(gains, dtype=np.float64), axis=0))
+
+
+def importance_frame(features: Sequence[str], importance: np.ndarray) -> pd.DataFrame:
+    """feature, importance, rank (1 = most important), share (of the total; 0 if none)."""
+    df = pd.DataFrame({"feature": list(features), "importance": np.asarray(importance, float)})
+    df = df.sort_values(["importance", "feature"], ascending=[False, True], kind="mergesort")
+    df = df.reset_index(drop=True)
+    df["rank"] = np.arange(1, len(df) + 1)
+    total = float(df["importance"].sum())
+    df["share"] = df["importance"] / total if total > 0 else 0.0
+    return df
+
+
+# --------------------------------------------------------------------------- metrics
+
+
+def _mean(values: pd.Series | np.ndarray) -> float:
+    a = np.asarray(values, dtype=np.float64)
+    a = a[~np.isnan(a)]
+    return float(a.mean()) if a.size else math.nan
+
+
+def _cs_fold_scores(
+    ts: np.ndarray, sym: np.ndarray, p: np.ndarray, y: np.ndarray
+) -> dict[str, Any]:
+    """Scores of the pooled view on one fold's test rows."""
+    return {
+        "ic": _mean(ic_by_date(ts, p, y, "pearson", MIN_CS_SYMBOLS)),
+        "rank_ic": _mean(ic_by_date(ts, p, y, "spearman", MIN_CS_SYMBOLS)),
+        "ts_ic": _mean(ic_by_group(sym, p, y, "pearson")),
+        "ts_rank_ic": _mean(ic_by_group(sym, p, y, "spearman")),
+        "r2": r2(y, p),
+        "auc": auc_sign(y, p),
+    }
+
+
+def _within_fold_ts(
+    fold: np.ndarray, sym: np.ndarray, p: np.ndarray, y: np.ndarray, method: str
+) -> float:
+    """Mean over (symbol, test fold) groups of the time-series correlation (see module doc)."""
+    codes = pd.factorize(sym, sort=True)[0].astype(np.int64)
+    keys = fold.astype(np.int64) * (int(codes.max()) + 1) + codes
+    return _mean(ic_by_group(keys, p, y, method))
+
+
+def _cs_date_share(ts: np.ndarray) -> float:
+    """Share of dates with at least MIN_CS_SYMBOLS rows (symbols) among the given rows."""
+    counts = pd.Series(ts).value_counts()
+    return float((counts >= MIN_CS_SYMBOLS).mean()) if len(counts) else 0.0
+
+
+def _cross_sectional_metrics(
+    ts: np.ndarray, sym: np.ndarray, y: np.ndarray, oof: _Oof, plan: FoldPlan, horizon: int
+) -> tuple[dict[str, Any], str]:
+    lags = max(horizon - 1, 1)
+    tested = plan.test_fold() >= 0
+    share = _cs_date_share(ts[tested])
+    basis = "cs_rank_ic" if share >= MIN_CS_DATE_SHARE else "ts_rank_ic"
+    out: dict[str, Any] = {}
+    for model in MODELS:
+        p = oof.preds[model]
+        folds = []
+        for f in plan.folds:
+            te = f.test_idx
+            scores = _cs_fold_scores(ts[te], sym[te], p[te], y[te])
+            folds.append(
+                {
+                    "fold": f.fold,
+                    "n_train": int(f.train_idx.size),
+                    "n_test": int(te.size),
+                    "n_test_dates": int(np.unique(ts[te]).size),
+                    **scores,
+                }
+            )
+        rows = np.flatnonzero(tested)
+        fold_of = plan.test_fold()[rows]
+        pr, yr, sr = p[rows], y[rows], sym[rows]
+        summary = {
+            **summarize_ic(ts[rows], pr, yr, lags, MIN_CS_SYMBOLS),
+            "ts_ic": _within_fold_ts(fold_of, sr, pr, yr, "pearson"),
+            "ts_rank_ic": _within_fold_ts(fold_of, sr, pr, yr, "spearman"),
+            "ts_rank_ic_oof": _mean(ic_by_group(sr, pr, yr, "spearman")),
+            "r2_oof": r2(yr, pr),
+            "auc": _mean(np.array([f["auc"] for f in folds], dtype=float)),
+            "auc_oof": auc_sign(yr, pr),
+            "nw_lags": lags,
+            "n_rows": int(rows.size),
+            "n_symbols": int(np.unique(sym[rows]).size),
+            "cs_date_share": share,
+            "score_basis": basis,
+        }
+        summary["score"] = summary["rank_ic"] if basis == "cs_rank_ic" else summary["ts_rank_ic"]
+        out[model] = {"folds": folds, "summary": summary}
+    return out, basis
+
+
+def _ts_scores(p: np.ndarray, y: np.ndarray) -> dict[str, float]:
+    return {
+        "ic": time_series_ic(p, y, "pearson"),
+        "rank_ic": time_series_ic(p, y, "spearman"),
+        "r2": r2(y, p),
+        "auc": auc_sign(y, p),
+    }
+
+
+def _symbol_metrics(y: np.ndarray, oof: _Oof, plan: FoldPlan) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    tested = np.flatnonzero(plan.test_fold() >= 0)
+    for model in MODELS:
+        p = oof.preds[model]
+        folds = [
+            {
+                "fold": f.fold,
+                "n_train": int(f.train_idx.size),
+                "n_test": int(f.test_idx.size),
+                **_ts_scores(p[f.test_idx], y[f.test_idx]),
+            }
+            for f in plan.folds
+        ]
+        s = _ts_scores(p[tested], y[tested])
+
+        def fold_mean(key: str, folds: list[dict[str, Any]] = folds) -> float:
+            return _mean(np.array([f[key] for f in folds], dtype=float))
+
+        summary = {
+            "ic": fold_mean("ic"),
+            "rank_ic": fold_mean("rank_ic"),
+            "auc": fold_mean("auc"),
+            "r2_oof": s["r2"],
+            "auc_oof": s["auc"],
+            "rank_ic_oof": s["rank_ic"],
+            "n_rows": int(tested.size),
+        }
+        out[model] = {"folds": folds, "summary": summary}
+    return out
+
+
+# --------------------------------------------------------------------------- ranking
+
+
+def _check_panel(panel: pd.DataFrame, target: str, horizon: int, features: Sequence[str]) -> None:
+    if horizon < 1:
+        raise ValueError(f"horizon must be >= 1 bar, got {horizon}")
+    if not features:
+        raise ValueError(f"no features to rank target {target!r} with")
+    needed = ["timestamp", "symbol", target, *features]
+    missing = [c for c in needed if c not in panel.columns]
+    if missing:
+        raise ValueError(f"panel lacks column(s) {missing} needed to rank {target!r}")
+
+
+def _view(
+    view: str,
+    symbol: str | None,
+    X: np.ndarray,
+    y: np.ndarray,
+    ts: np.ndarray,
+    sym: np.ndarray,
+    label_end: np.ndarray | None,
+    features: Sequence[str],
+    horizon: int,
+    settings: Settings,
+) -> tuple[ViewRanking, str]:
+    splitter = PurgedKFold(settings.n_splits, horizon, settings.embargo_for(horizon))
+    plan = make_fold_plan(splitter, ts, label_end)
+    oof = _fit_oof(X, y, plan, settings)
+    if view == CROSS_SECTIONAL:
+        metrics, basis = _cross_sectional_metrics(ts, sym, y, oof, plan, horizon)
+    else:
+        metrics, basis = _symbol_metrics(y, oof, plan), "ts_rank_ic"
+    importances = {"lightgbm": importance_frame(features, oof.gain)}
+    return ViewRanking(view, symbol, metrics, importances, int(len(y)), plan), basis
+
+
+def rank_target(
+    panel: pd.DataFrame,
+    target: str,
+    horizon: int,
+    features: Sequence[str],
+    settings: Settings,
+) -> TargetRanking:
+    """Score how predictable ``target`` (``fwd_ret_{horizon}``) is from ``features``.
+
+    ``panel`` follows the panel convention (docs/ARCHITECTURE.md); rows with a NaN target
+    are dropped; ``label_end_{horizon}`` (if present) drives purging. Folds:
+    ``PurgedKFold(settings.n_splits, horizon, settings.embargo_for(horizon))`` on dates,
+    per view. A symbol whose rows are too few for those folds is left out of the
+    symbol-specific view (logged). Models: ``settings.quick_estimators`` LightGBM trees
+    (``settings.seed``, ``settings.n_threads``) and a ridge.
+    """
+    features = list(features)
+    _check_panel(panel, target, horizon, features)
+    rows = panel[panel[target].notna()]
+    if rows.empty:
+        raise ValueError(f"target {target!r} has no non-NaN values")
+    le_col = f"label_end_{horizon}"
+    if le_col in rows.columns:
+        label_end = rows[le_col].to_numpy()
+    else:
+        logger.warning(
+            "%s: no %s column; label windows taken as %d grid bars", target, le_col, horizon
+        )
+        label_end = None
+    X = rows[features].to_numpy(dtype=np.float64)
+    y = rows[target].to_numpy(dtype=np.float64)
+    ts = rows["timestamp"].to_numpy()
+    sym = rows["symbol"].astype(str).to_numpy()
+
+    cs, basis = _view(CROSS_SECTIONAL, None, X, y, ts, sym, label_end, features, horizon, settings)
+    per_symbol = []
+    for symbol, idx in sorted(pd.Series(sym).groupby(sym, sort=True).indices.items()):
+        le = None if label_end is None else label_end[idx]
+        try:
+            view, _ = _view(
+                SYMBOL_SPECIFIC, str(symbol), X[idx], y[idx], ts[idx], sym[idx], le,
+                features, horizon, settings,
+            )  # fmt: skip
+        except ValueError as exc:
+            logger.warning("%s: symbol %s left out of the symbol view: %s", target, symbol, exc)
+            continue
+        per_symbol.append(view)
+    score = float(cs.metrics["lightgbm"]["summary"]["score"])
+    logger.info(
+        "%s: score %.4f (%s), %d rows, %d symbol views", target, score, basis, cs.n_rows,
+        len(per_symbol),
+    )  # fmt: skip
+    return TargetRanking(target, int(horizon), cs, tuple(per_symbol), score, basis)
+
+
+TABLE_COLUMNS = (
+    "target",
+    "horizon",
+    "rank",
+    "score",
+    "score_basis",
+    "rank_ic",
+    "ic",
+    "icir",
+    "rank_icir",
+    "nw_t",
+    "ts_rank_ic",
+    "r2_oof_lightgbm",
+    "r2_oof_linear",
+    "rank_ic_linear",
+    "symbol_r2_mean",
+    "symbol_auc_mean",
+    "n_rows",
+    "n_symbol_views",
+)
+
+
+def ranking_table(rankings: Sequence[TargetRanking]) -> pd.DataFrame:
+    """One row per target, best first (score descending, NaN last, then target name).
+
+    Pooled-view columns are the LightGBM's unless suffixed ``_linear``; ``symbol_r2_mean``
+    averages the LightGBM's OOF R^2 over the symbol views, ``symbol_auc_mean`` its
+    fold-mean AUC of the sign.
+    """
+    records = []
+    for r in rankings:
+        gbm = r.cross_sectional.metrics["lightgbm"]["summary"]
+        lin = r.cross_sectional.metrics["linear"]["summary"]
+        sy = [v.metrics["lightgbm"]["summary"] for v in r.symbol_specific]
+        records.append(
+            {
+                "target": r.target,
+                "horizon": r.horizon,
+                "score": r.score,
+                "score_basis": r.score_basis,
+                "rank_ic": gbm["rank_ic"],
+                "ic": gbm["ic"],
+                "icir": gbm["icir"],
+                "rank_icir": gbm["rank_icir"],
+                "nw_t": gbm["nw_t"],
+                "ts_rank_ic": gbm["ts_rank_ic"],
+                "r2_oof_lightgbm": gbm["r2_oof"],
+                "r2_oof_linear": lin["r2_oof"],
+                "rank_ic_linear": lin["rank_ic"],
+                "symbol_r2_mean": _mean(np.array([s["r2_oof"] for s in sy], dtype=float)),
+                "symbol_auc_mean": _mean(np.array([s["auc"] for s in sy], dtype=float)),
+                "n_rows": r.cross_sectional.n_rows,
+                "n_symbol_views": len(sy),
+            }
+        )
+    df = pd.DataFrame.from_records(records, columns=[c for c in TABLE_COLUMNS if c != "rank"])
+    df = df.sort_values(
+        ["score", "target"], ascending=[False, True], na_position="last", kind="mergesort"
+    ).reset_index(drop=True)
+    df.insert(2, "rank", np.arange(1, len(df) + 1))
+    return df

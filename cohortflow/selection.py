@@ -1,0 +1,480 @@
+"""Feature selection from several models, in both views -> importances + :class:`Featureset`.
+
+Importances (:func:`compute_importances`), each averaged over the folds of
+``PurgedKFold(n_splits, h, embargo)``:
+
+- ``lightgbm``: total split gain of a LightGBM model fitted on the fold's training rows;
+- ``xgboost``: total gain (``importance_type="total_gain"``) of an XGBoost model, same rows;
+- ``permutation``: the drop in rank IC of the fold's LightGBM model on its held-out (purged)
+  test rows when one column is shuffled (``settings.permutation_repeats`` seeded shuffles);
+- ``combined``: the mean rank over the three, as ``importance = 1 - (mean_rank - 1) / (F - 1)``
+  (1 = first in every model, 0 = last in every model), so "higher is better" holds for all.
+
+Random probe columns (``probe_0`` ...) are fitted alongside the features: they show what
+importance pure noise earns in the same models, on the same rows. They are seeded per-symbol
+AR(1) series with persistence spread from 0 to 0.99 (``1 - 10**(-2i/(n-1))``): real features
+are often persistent (volatility, moving averages), and a persistent series earns tree gain
+from fitting whole periods (the shared market move of overlapping labels) that i.i.d. noise
+never earns -- i.i.d. probes would make persistent noise look informative.
+
+Pruning (:func:`prune`), in this order and deterministic:
+
+1. excluded (leaking) features are dropped ("excluded_leak");
+2. **probe rule** ("below_probe"): a feature is kept only if its permutation importance is above
+   every probe's (and above 0). The comparison is made on held-out permutation importance, not
+   on gain: gain rewards any persistent series for fitting whole periods of the training rows
+   (on our panels the 0.99-persistence probe is often the top *gain* feature), while on
+   held-out rows noise earns nothing systematic;
+3. **consistency** ("inconsistent"): that importance must also hold fold after fold -- its mean
+   over the folds at least ``PERM_MIN_T`` standard errors above 0;
+4. **near-duplicates** ("correlated"): walking down the combined ranking, a feature whose
+   ``|spearman|`` with an already kept feature exceeds ``settings.corr_threshold`` is dropped
+   (the more important one stays);
+5. never empty: if nothing survives, the top feature by combined rank is kept.
+
+Kept features are listed in combined order. The permutation frame carries one more column,
+``t_stat`` (mean / standard error over folds), which step 3 reads.
+
+The fold models are fitted with ``settings.quick_estimators`` trees: they rank features, they are
+not the models we evaluate.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from cohortflow.canonical import normalize
+from cohortflow.leakage import average_ranks, group_corr, symbol_codes
+from cohortflow.models import lightgbm_regressor, xgboost_regressor
+from cohortflow.names import validate_name
+from cohortflow.settings import Settings
+from cohortflow.splits import PurgedKFold
+
+log = logging.getLogger(__name__)
+
+MODELS = ("lightgbm", "xgboost", "permutation")
+COMBINED = "combined"
+VIEWS = ("CROSS_SECTIONAL", "SYMBOL_SPECIFIC")
+PROBE_PREFIX = "probe_"
+
+# Permutation importance is scored on at most this many held-out rows per fold (evenly spaced,
+# so deterministic): the rank IC of 50k rows has a sampling sd near 0.005, plenty to order
+# features, and it bounds the cost at (features x repeats) predictions of 50k rows per fold.
+PERMUTATION_MAX_ROWS = 50_000
+# Spearman correlations for the near-duplicate rule use at most this many rows (evenly spaced):
+# the sd of rho at 200k rows is ~0.002, far below any sensible threshold margin.
+CORR_MAX_ROWS = 200_000
+# A kept feature's permutation importance must be positive fold after fold: its mean over the
+# folds at least this many standard errors above 0 (noise that won one fold by luck is not).
+PERM_MIN_T = 2.0
+# Shuffled copies predicted per LightGBM call (bounds memory: rows x features x 8 bytes).
+PREDICT_BATCH_ROWS = 250_000
+
+
+# --------------------------------------------------------------------------------------------
+# importances
+
+
+def _importance_frame(features: Sequence[str], values: np.ndarray) -> pd.DataFrame:
+    """feature, importance, rank (1 = most important; ties by name), share of positive total."""
+    df = pd.DataFrame({"feature": list(features), "importance": np.asarray(values, dtype=float)})
+    df = df.sort_values(["importance", "feature"], ascending=[False, True], kind="mergesort")
+    df = df.reset_index(drop=True)
+    df["rank"] = np.arange(1, len(df) + 1, dtype=np.int64)
+    positive = df["importance"].clip(lower=0.0)
+    total = float(positive.sum())
+    df["share"] = positive / total if total > 0 else 0.0
+    return df[["feature", "importance", "rank", "share"]]
+
+
+def probe_persistence(n_probes: int) -> list[float]:
+    """AR(1) coefficients of the probes: 0, ..., 0.99 (log-spaced in 1 - phi)."""
+    if n_probes <= 1:
+        return [0.0] * n_probes
+    return [1.0 - 10.0 ** (-2.0 * i / (n_probes - 1)) for i in range(n_probes)]
+
+
+def make_probes(symbols: pd.Series, n_probes: int, seed: int) -> np.ndarray:
+    """(rows x n_probes) unit-variance AR(1) noise, one path per symbol along its rows (rows are
+    in time order within a symbol, as in the panel); seeded from ``seed`` only."""
+    if symbols is None:
+        codes = np.zeros(0, dtype=np.int64)
+    else:
+        _, codes = symbol_codes(symbols)
+    n = codes.size
+    out = np.empty((n, n_probes))
+    if n == 0 or n_probes == 0:
+        return out
+    n_sym = int(codes.max()) + 1
+    order = np.argsort(codes, kind="stable")
+    counts = np.bincount(codes, minlength=n_sym)
+    pos = np.empty(n, dtype=np.int64)
+    pos[order] = np.arange(n) - np.repeat(np.cumsum(counts) - counts, counts)
+    length = int(counts.max())
+    for i, phi in enumerate(probe_persistence(n_probes)):
+        shocks = np.random.default_rng([seed, i]).standard_normal((length, n_sym))
+        path = np.empty((length, n_sym))
+        path[0] = shocks[0]
+        scale = np.sqrt(1.0 - phi * phi)
+        for t in range(1, length):  # a loop over bars, vectorised over symbols
+            path[t] = phi * path[t - 1] + scale * shocks[t]
+        out[:, i] = path[pos, codes]
+    return out
+
+
+def _evenly_spaced(n: int, cap: int) -> np.ndarray:
+    if n <= cap:
+        return np.arange(n)
+    return np.unique(np.linspace(0, n - 1, cap).round().astype(np.int64))
+
+
+def _permutation_drop(
+    model: Any, X: np.ndarray, y: np.ndarray, settings: Settings, fold: int
+) -> np.ndarray:
+    """Mean drop in rank IC of the LightGBM ``model`` on (X, y) when each column is shuffled.
+
+    Shuffles are seeded by (seed, fold, column). The shuffled copies are predicted in batches
+    of about PREDICT_BATCH_ROWS rows (one call per batch instead of one per shuffle).
+    """
+    booster = model.booster_
+    m, n_features = X.shape
+    repeats = max(int(settings.permutation_repeats), 1)
+    y_ranks = average_ranks(y)
+    codes = np.zeros(m, dtype=np.int64)
+
+    def score(pred: np.ndarray) -> float:
+        corr, _ = group_corr(average_ranks(pred), y_ranks, codes, 1)
+        return float(np.nan_to_num(corr[0]))
+
+    base = score(booster.predict(X, num_threads=settings.n_threads))
+    drops = np.zeros(n_features)
+    per_batch = max(1, PREDICT_BATCH_ROWS // (m * repeats))  # columns per batch
+    for first in range(0, n_features, per_batch):
+        cols = range(first, min(n_features, first + per_batch))
+        block = np.tile(X, (len(cols) * repeats, 1))
+        for b, j in enumerate(cols):
+            rng = np.random.default_rng([settings.seed, fold, j])
+            for r in range(repeats):
+                start = (b * repeats + r) * m
+                block[start : start + m, j] = X[rng.permutation(m), j]
+        preds = booster.predict(block, num_threads=settings.n_threads).reshape(-1, m)
+        for b, j in enumerate(cols):
+            drops[j] = np.mean([base - score(preds[b * repeats + r]) for r in range(repeats)])
+    return drops
+
+
+def _t_stat(per_fold: np.ndarray) -> np.ndarray:
+    """mean / standard error over folds (rows), per column; 0 where the folds agree on 0."""
+    k = per_fold.shape[0]
+    mean = per_fold.mean(axis=0)
+    se = per_fold.std(axis=0, ddof=1) / np.sqrt(k) if k > 1 else np.zeros_like(mean)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        t = np.where(se > 0, mean / se, np.sign(mean) * np.inf)
+    return np.clip(np.where(np.isnan(t), 0.0, t), -1e9, 1e9)  # finite, for the CSV
+
+
+def _mean_rank_importance(frames: Mapping[str, pd.DataFrame], names: Sequence[str]) -> np.ndarray:
+    """Combined importance: 1 - (mean average-rank over the models - 1) / (F - 1)."""
+    f = len(names)
+    ranks = np.zeros(f)
+    for model in MODELS:
+        imp = frames[model].set_index("feature")["importance"].reindex(names).to_numpy()
+        ranks += average_ranks(-imp)  # ties share a rank: no feature wins by its name
+    mean_rank = ranks / len(MODELS)
+    return 1.0 - (mean_rank - 1.0) / (f - 1) if f > 1 else np.ones(f)
+
+
+def compute_importances(
+    frame: pd.DataFrame,
+    target: str,
+    horizon: int,
+    features: Sequence[str],
+    settings: Settings,
+    n_probes: int | None = None,
+) -> dict[str, pd.DataFrame]:
+    """Importances of ``features`` (plus probes) for ``target`` under purged k-fold.
+
+    Rows without a target are dropped. Returns ``{"lightgbm", "xgboost", "permutation",
+    "combined"} -> DataFrame(feature, importance, rank, share)`` sorted by importance
+    (descending) then feature; probe rows included. Same inputs -> identical frames.
+    """
+    features = list(dict.fromkeys(features))
+    if not features:
+        raise ValueError("no features to rank")
+    n_probes = settings.n_probes if n_probes is None else int(n_probes)
+    probes = [f"{PROBE_PREFIX}{i}" for i in range(n_probes)]
+    clash = sorted(set(probes) & set(features))
+    if clash:
+        raise ValueError(f"features {clash} use the probe names; rename them")
+    missing = sorted(set(features) - set(frame.columns))
+    if missing:
+        raise ValueError(f"features not in the frame: {missing}")
+
+    rows = np.flatnonzero(np.isfinite(frame[target].to_numpy(dtype=float)))
+    data = frame.iloc[rows]
+    y = data[target].to_numpy(dtype=float)
+    symbols = (
+        data["symbol"]
+        if "symbol" in data.columns
+        else pd.Series(np.zeros(rows.size, dtype=np.int64))
+    )
+    X = np.column_stack(
+        [data[f].to_numpy(dtype=np.float64) for f in features]
+        + [make_probes(symbols, n_probes, settings.seed)]
+    )
+    names = features + probes
+
+    label_col = f"label_end_{horizon}"
+    label_end = data[label_col].to_numpy() if label_col in data.columns else None
+    splitter = PurgedKFold(settings.n_splits, horizon, settings.embargo_for(horizon))
+    folds = list(splitter.split(X, groups=data["timestamp"].to_numpy(), label_end=label_end))
+
+    totals = {model: np.zeros(len(names)) for model in MODELS}
+    perm_folds = []
+    n_est = settings.quick_estimators
+    for k, (train, test) in enumerate(folds):
+        lgbm = lightgbm_regressor(settings, n_estimators=n_est)
+        lgbm.fit(X[train], y[train])
+        totals["lightgbm"] += lgbm.booster_.feature_importance(importance_type="gain")
+
+        xgbm = xgboost_regressor(settings, n_estimators=n_est)
+        xgbm.fit(X[train], y[train])
+        scores = xgbm.get_booster().get_score(importance_type="total_gain")  # keys "f{j}"
+        totals["xgboost"] += np.array([scores.get(f"f{j}", 0.0) for j in range(len(names))])
+
+        held = test[_evenly_spaced(test.size, PERMUTATION_MAX_ROWS)]
+        perm_folds.append(_permutation_drop(lgbm, X[held], y[held], settings, k))
+        log.debug(
+            "importances %s fold %d: %d train / %d test rows", target, k, train.size, test.size
+        )
+
+    totals["permutation"] = np.sum(perm_folds, axis=0)
+    out = {model: _importance_frame(names, totals[model] / len(folds)) for model in MODELS}
+    t_stat = dict(zip(names, _t_stat(np.asarray(perm_folds)), strict=True))
+    out["permutation"]["t_stat"] = out["permutation"]["feature"].map(t_stat).astype(float)
+    out[COMBINED] = _importance_frame(names, _mean_rank_importance(out, names))
+    log.info(
+        "importances %s: %d features + %d probes, %d rows, %d folds; top %s",
+        target,
+        len(features),
+        n_probes,
+        rows.size,
+        len(folds),
+        out[COMBINED]["feature"].head(5).tolist(),
+    )
+    return out
+
+
+# --------------------------------------------------------------------------------------------
+# featureset
+
+
+@dataclass(frozen=True)
+class Featureset:
+    """The features kept for (target, view, symbol), in order of combined importance.
+
+    ``dropped`` maps each dropped feature to its reason; ``rule`` records the thresholds used.
+    """
+
+    target: str
+    view: str
+    symbol: str | None
+    kept: tuple[str, ...]
+    dropped: Mapping[str, str] = field(default_factory=dict)
+    rule: Mapping[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.view not in VIEWS:
+            raise ValueError(f"view must be one of {VIEWS}, got {self.view!r}")
+        if (self.view == "SYMBOL_SPECIFIC") != (self.symbol is not None):
+            raise ValueError(
+                f"view {self.view} needs symbol={'a symbol' if self.view == 'SYMBOL_SPECIFIC' else None}"
+            )
+        if self.symbol is not None:
+            validate_name("symbol", self.symbol)
+        both = sorted(set(self.kept) & set(self.dropped))
+        if both:
+            raise ValueError(f"features both kept and dropped: {both}")
+        object.__setattr__(self, "kept", tuple(self.kept))
+        object.__setattr__(self, "dropped", dict(sorted(self.dropped.items())))
+        object.__setattr__(self, "rule", normalize(dict(self.rule)))
+
+    def __hash__(self) -> int:  # dropped/rule are dicts: hash the identity fields only
+        return hash((self.target, self.view, self.symbol, self.kept))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "view": self.view,
+            "symbol": self.symbol,
+            "features": list(self.kept),
+            "dropped": [{"feature": f, "reason": r} for f, r in sorted(self.dropped.items())],
+            "rule": dict(self.rule),
+            "n_kept": len(self.kept),
+            "n_dropped": len(self.dropped),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> Featureset:
+        return cls(
+            target=str(d["target"]),
+            view=str(d["view"]),
+            symbol=d.get("symbol"),
+            kept=tuple(d["features"]),
+            dropped={str(x["feature"]): str(x["reason"]) for x in d.get("dropped") or ()},
+            rule=dict(d.get("rule") or {}),
+        )
+
+
+def _spearman_matrix(frame: pd.DataFrame, names: Sequence[str]) -> tuple[np.ndarray, int]:
+    """|Spearman| between ``names`` on (at most CORR_MAX_ROWS evenly spaced) rows; NaN-aware
+    per pair only through rank NaNs (rows where either is NaN are skipped pairwise)."""
+    take = _evenly_spaced(len(frame), CORR_MAX_ROWS)
+    ranks = [average_ranks(frame[n].to_numpy(dtype=float)[take]) for n in names]
+    m = len(names)
+    rho = np.eye(m)
+    codes = np.zeros(take.size, dtype=np.int64)
+    for i in range(m):
+        for j in range(i + 1, m):
+            corr, _ = group_corr(ranks[i], ranks[j], codes, 1)
+            rho[i, j] = rho[j, i] = np.nan_to_num(corr[0])
+    return np.abs(rho), int(take.size)
+
+
+def prune(
+    importances: Mapping[str, pd.DataFrame],
+    frame: pd.DataFrame,
+    features: Sequence[str],
+    target: str,
+    view: str,
+    symbol: str | None,
+    settings: Settings,
+    excluded: Iterable[str] = (),
+) -> Featureset:
+    """Keep the features that beat the probes and are not near-duplicates (module docstring).
+
+    ``frame`` holds the training rows (the correlations are measured on them, rows with a
+    target only). Features absent from the importances (e.g. excluded before ranking) are
+    dropped with "excluded_leak" if in ``excluded``, else "not_ranked".
+    """
+    excluded = set(excluded)
+    features = list(dict.fromkeys(features))
+    combined = importances[COMBINED]
+    perm_frame = importances["permutation"].set_index("feature")
+    perm = perm_frame["importance"]
+    # a permutation frame read back without t_stat (older CSV) skips the consistency check
+    perm_t = (
+        perm_frame["t_stat"] if "t_stat" in perm_frame.columns else pd.Series(np.inf, perm.index)
+    )
+    comb_rank = combined.set_index("feature")["rank"]
+    probes = [f for f in combined["feature"] if f.startswith(PROBE_PREFIX) and f not in features]
+    best_probe = max(probes, key=lambda p: (perm[p], p)) if probes else None
+    perm_bar = max(0.0, float(perm[best_probe])) if best_probe else 0.0
+
+    dropped: dict[str, str] = {}
+    for f in features:
+        if f in excluded:
+            dropped[f] = "excluded_leak"
+        elif f not in comb_rank.index:
+            dropped[f] = "not_ranked"
+    ranked = [f for f in combined["feature"] if f in features and f not in dropped]
+
+    passing = []
+    for f in ranked:
+        value, t = float(perm[f]), float(perm_t[f])
+        if value <= perm_bar:
+            dropped[f] = (
+                f"below_probe: permutation importance {value:.3g} <= {perm_bar:.3g} "
+                f"(best probe {best_probe or 'none'}, or 0); combined rank {int(comb_rank[f])}"
+            )
+        elif t < PERM_MIN_T:
+            dropped[f] = f"inconsistent: permutation t-stat over folds {t:.2f} < {PERM_MIN_T:g}"
+        else:
+            passing.append(f)
+
+    fallback = False
+    if not passing and ranked:
+        passing = [ranked[0]]
+        dropped.pop(ranked[0])
+        fallback = True
+
+    rows = np.flatnonzero(np.isfinite(frame[target].to_numpy(dtype=float)))
+    kept: list[str] = []
+    corr_rows = 0
+    if len(passing) > 1:
+        rho, corr_rows = _spearman_matrix(frame.iloc[rows], passing)
+        for i, f in enumerate(passing):
+            partners = [(rho[i, passing.index(k)], k) for k in kept]
+            worst = max(partners, default=(0.0, None))
+            if worst[1] is not None and worst[0] > settings.corr_threshold:
+                dropped[f] = f"correlated: |rho|={worst[0]:.3f} with {worst[1]} (kept)"
+            else:
+                kept.append(f)
+    else:
+        kept = passing
+
+    rule = {
+        "models": list(MODELS),
+        "combined": "mean rank over models; importance = 1 - (mean_rank - 1) / (F - 1)",
+        "probe_rule": "permutation importance > max(0, every probe's) and its t-stat over folds >= min_t",
+        "min_t": PERM_MIN_T,
+        "n_probes": len(probes),
+        "best_probe": best_probe,
+        "best_probe_rank": int(comb_rank[best_probe]) if best_probe else None,
+        "probe_permutation_bar": perm_bar,
+        "corr_method": "spearman",
+        "corr_threshold": settings.corr_threshold,
+        "corr_rows": corr_rows,
+        "min_kept": 1,
+        "fallback_top1": fallback,
+    }
+    fs = Featureset(target, view, symbol, tuple(kept), dropped, rule)
+    log.info(
+        "featureset %s %s%s: kept %d %s, dropped %d",
+        target,
+        view,
+        f" {symbol}" if symbol else "",
+        len(kept),
+        kept[:8],
+        len(dropped),
+    )
+    return fs
+
+
+def select_features(
+    frame: pd.DataFrame,
+    target: str,
+    horizon: int,
+    features: Sequence[str],
+    view: str,
+    symbol: str | None,
+    settings: Settings,
+    excluded: Iterable[str] = (),
+) -> tuple[dict[str, pd.DataFrame], Featureset]:
+    """Importances of the non-excluded ``features`` and the pruned featureset.
+
+    ``frame``: the training rows of the view (all symbols pooled, or one symbol's rows).
+    """
+    excluded = set(excluded)
+    candidates = [f for f in dict.fromkeys(features) if f not in excluded]
+    importances = compute_importances(frame, target, horizon, candidates, settings)
+    fs = prune(
+        importances, frame, list(dict.fromkeys(features)), target, view, symbol, settings, excluded
+    )
+    return importances, fs
+
+
+__all__ = [
+    "COMBINED",
+    "MODELS",
+    "Featureset",
+    "compute_importances",
+    "prune",
+    "select_features",
+]

@@ -1,0 +1,43 @@
+"""The one resource every asset takes: data folder, output root, settings."""
+
+from __future__ import annotations
+
+import os
+from dagster import ConfigurableResource
+from pydantic import PrivateAttr
+
+from cohortflow.settings import Settings, load_settings
+from cohortflow.store import Store
+
+DEFAULT_DATA_DIR = "data/bars"
+DEFAULT_OUTPUT_ROOT = "output"
+
+
+def default_data_dir() -> str:
+    return os.environ.get("COHORTFLOW_DATA_DIR", DEFAULT_DATA_DIR)
+
+
+def default_output_root() -> str:
+    return os.environ.get("COHORTFLOW_OUTPUT_ROOT", DEFAULT_OUTPUT_ROOT)
+
+
+def default_settings_path() -> str:
+    return os.environ.get("COHORTFLOW_SETTINGS", "")
+
+
+class CohortflowResource(ConfigurableResource):
+    """``data_dir``: one bar file per symbol; ``output_root``: a local folder or any UPath
+    URL (``s3://…``, ``memory://…``); ``settings_path``: a YAML file, empty for defaults."""
+
+    data_dir: str = DEFAULT_DATA_DIR
+    output_root: str = DEFAULT_OUTPUT_ROOT
+    settings_path: str = ""
+    _settings: Settings | None = PrivateAttr(default=None)
+
+    def store(self) -> Store:
+        return Store(self.output_root)
+
+    def settings(self) -> Settings:
+        if self._settings is None:
+            self._settings = load_settings(self.settings_path or None)
+        return self._settings
