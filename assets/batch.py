@@ -10,8 +10,8 @@ batch reads the same bytes.
 from dagster import AssetExecutionContext, MetadataValue, asset
 
 from assets.partitions import attempt_partitions, split_key
-from cohortflow.bars import Universe, load_universe
-from cohortflow.errors import DataError
+from cohortflow.bars import Universe
+from cohortflow.intake import load_registered
 from cohortflow.features import Panel, build_panel
 from cohortflow.registry import BatchRegistry
 from resources.cohortflow import CohortflowResource
@@ -24,28 +24,21 @@ KIND = "cohortflow/kind"
     group_name="data",
     kinds={"pandas", "parquet"},
     metadata={KIND: "universe_bars"},
-    description="The validated bars of the symbols actually loaded for this universe batch.",
+    description="The validated bars of the universe batch: exactly the files registered for it, "
+    "checked against their sha256.",
 )
 def universe_bars(context: AssetExecutionContext, cohortflow: CohortflowResource) -> Universe:
     batch, _ = split_key(context.partition_key)
-    settings = cohortflow.settings()
-    universe = load_universe(cohortflow.data_dir, settings)
-    if universe.batch != batch:
-        raise DataError(
-            cohortflow.data_dir,
-            f"the folder now holds universe batch {universe.batch} ({', '.join(universe.symbols)}), "
-            f"not batch {batch}; the data sensor registers a new universe as its own partition",
-        )
+    record = BatchRegistry(cohortflow.output_root).get(batch)
+    universe = load_registered(cohortflow.data_dir, record)
     BatchRegistry(cohortflow.output_root).check(batch, universe.universe_sig)
-    for skipped in universe.skipped:
-        context.log.warning(f"left out {skipped.symbol}: {skipped.reason}")
     context.add_output_metadata(
         {
             "universe_sig": universe.universe_sig,
             "symbols": ", ".join(universe.symbols),
             "n_symbols": len(universe.symbols),
-            "skipped": MetadataValue.md(
-                "\n".join(f"- {k.symbol}: {k.reason}" for k in universe.skipped) or "none"
+            "files": MetadataValue.md(
+                "\n".join(f"- `{f.path.name}` sha256 `{f.sha256[:12]}`" for f in universe.files)
             ),
         }
     )

@@ -395,7 +395,7 @@ def load_universe(data_dir: str | Path, settings: Settings | None = None) -> Uni
             reason = f"{sf.symbol}: {len(frame)} rows, fewer than min_rows={settings.min_rows}"
             log.warning("%s: skipped (%s)", sf.path, reason)
             skipped.append(Skipped(symbol=sf.symbol, path=str(sf.path), reason=reason))
-            short_rows.append(f"{sf.symbol} ({len(frame)})")
+            short_rows.append(f"{sf.path.name} ({len(frame)} rows)")
             continue
         bars[sf.symbol] = frame
         kept.append(sf)

@@ -360,7 +360,7 @@ class Panel:
     ``frame``: one row per (timestamp, symbol), sorted by timestamp then symbol, index
     reset; ``timestamp`` datetime64[ns]; ``symbol`` a pandas Categorical whose categories
     are the universe's sorted symbols (chosen over str: built from integer codes without
-    touching strings, 1 byte a row instead of an Arrow string, and group-bys need no
+    touching strings, 1-2 bytes a row instead of an Arrow string, and group-bys need no
     hashing; ``== "AAPL"``, ``.astype(str)`` and parquet round trips work as for str);
     feature columns (``computed`` then ``user``) float64; ``fwd_ret_{h}`` float64 (NaN where
     the bar h later does not exist); ``label_end_{h}`` datetime64[ns] (NaT there).
@@ -430,6 +430,41 @@ def _common_columns(bars: Mapping[str, pd.DataFrame]) -> set[str]:
     return common
 
 
+class _SymbolMajor:
+    """The panel's float columns in symbol-major order, held in chunks of >= 64 MiB.
+
+    Chunks that size are always mmap'ed by the allocator, so each one goes back to the OS
+    as soon as it is gathered into panel order: the peak stays near one copy of the panel
+    plus one chunk, instead of two copies.
+    """
+
+    CHUNK_BYTES = 64 << 20
+
+    def __init__(self, n_columns: int, n_rows: int) -> None:
+        self.per_chunk = max(1, self.CHUNK_BYTES // max(8 * n_rows, 1))
+        self.n_columns = n_columns
+        self.chunks: list[np.ndarray | None] = [
+            np.empty((min(self.per_chunk, n_columns - k), n_rows), dtype=np.float64)
+            for k in range(0, n_columns, self.per_chunk)
+        ]
+
+    def __getitem__(self, j: int) -> np.ndarray:
+        chunk = self.chunks[j // self.per_chunk]
+        assert chunk is not None, "column already gathered"
+        return chunk[j % self.per_chunk]
+
+    def gather(self, order: np.ndarray) -> np.ndarray:
+        """All columns reordered by ``order`` into one (columns, rows) block; frees the chunks."""
+        block = np.empty((self.n_columns, order.size), dtype=np.float64)
+        for k, chunk in enumerate(self.chunks):
+            assert chunk is not None, "already gathered"
+            for i in range(chunk.shape[0]):
+                np.take(chunk[i], order, out=block[k * self.per_chunk + i])
+            self.chunks[k] = None
+            del chunk
+        return block
+
+
 def build_panel(universe: Universe, settings: Settings | None = None) -> Panel:
     """Features, user columns and targets of every symbol, as one panel.
 
@@ -467,7 +502,7 @@ def build_panel(universe: Universe, settings: Settings | None = None) -> Panel:
 
     # 1) every column in symbol-major order, one contiguous slice per symbol (cheap writes)
     float_names = (*computed, *user, *(target_name(h) for h in horizons))
-    columns = [np.empty(total, dtype=np.float64) for _ in float_names]
+    columns = _SymbolMajor(len(float_names), total)
     ends = [np.empty(total, dtype=np.int64) for _ in horizons]
     stamps = np.empty(total, dtype=np.int64)
     codes = np.empty(total, dtype=np.int32)
@@ -502,14 +537,10 @@ def build_panel(universe: Universe, settings: Settings | None = None) -> Panel:
         codes[rows] = code
         start += n
 
-    # 2) panel order (timestamp, then symbol) by one gather per column; each source column is
-    # released once gathered, so the peak stays near one copy of the panel. The gather reads
-    # one stream per symbol: cache-friendly, unlike scattering symbol by symbol.
+    # 2) panel order (timestamp, then symbol) by one gather per column: it reads one stream
+    # per symbol, cache-friendly, unlike scattering symbol by symbol (2-3x slower)
     order = np.lexsort((codes, stamps))
-    block = np.empty((len(float_names), total), dtype=np.float64)  # row j = column j
-    for j in range(len(float_names)):
-        np.take(columns[j], order, out=block[j])
-        columns[j] = None  # type: ignore[call-overload]
+    block = columns.gather(order)  # row j = column j
 
     # one float64 block, no copy (pandas stores it transposed, i.e. as ``block``)
     frame = pd.DataFrame(block.T, columns=list(float_names), copy=False)

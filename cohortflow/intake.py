@@ -73,6 +73,41 @@ def take_in(data_dir: str | Path, root: Any, settings: Settings) -> Intake:
     return Intake(universe, record, previous)
 
 
+def load_registered(data_dir: str | Path, record: BatchRecord) -> Universe:
+    """The universe of a registered batch, read from exactly its files in ``data_dir``.
+
+    The folder may hold more files (a later universe); each of the batch's files must be
+    there with the content it had when the batch was registered.
+    """
+    from types import MappingProxyType
+
+    from cohortflow.bars import SymbolFile, read_bars
+    from cohortflow.canonical import sha256_file
+
+    folder = Path(data_dir)
+    bars, files = {}, []
+    for f in record.files:
+        path = folder / f.name
+        if not path.is_file():
+            raise DataError(path, f"file of batch {record.batch} is gone; restore it or drop the batch")
+        digest = sha256_file(path)
+        if digest != f.sha256:
+            raise DataError(
+                path,
+                f"changed since batch {record.batch} was registered (sha256 {digest[:12]} != "
+                f"{f.sha256[:12]}); the data sensor re-registers changed files",
+            )
+        bars[f.symbol] = read_bars(path)
+        files.append(SymbolFile(f.symbol, path, f.sha256, f.size))
+    return Universe(
+        symbols=tuple(record.symbols),
+        files=tuple(files),
+        bars=MappingProxyType(bars),
+        skipped=(),
+        data_dir=folder,
+    )
+
+
 def attempts_on_disk(root: Any, batch: str, targets: tuple[str, ...]) -> list[int]:
     """Attempts of a batch that have exclusions written, for any target."""
     from upath import UPath

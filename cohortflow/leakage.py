@@ -200,37 +200,46 @@ def next_attempt(exclusions: Exclusions, attempt_limit: int) -> int | None:
 def average_ranks(values: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
     """1-based ranks of ``values`` (ties share their mean rank), within ``groups`` if given.
 
-    NaN values get NaN ranks and do not count. One sort per call.
+    NaN values get NaN ranks and do not count. One quicksort of the values (the order among
+    ties does not matter: they share a rank), plus a stable sort of the group codes (a radix
+    sort for codes below 2**15) when grouped.
     """
     v = np.asarray(values, dtype=float)
     n = v.size
     out = np.full(n, np.nan)
     if n == 0:
         return out
+    order = np.argsort(v)  # NaN sort last
     if groups is None:
-        order = np.argsort(v, kind="stable")
-        g_sorted = np.zeros(n, dtype=np.int64)
+        order = order[: n - int(np.count_nonzero(np.isnan(v)))]
+        gs = None
     else:
         g = np.asarray(groups)
-        order = np.lexsort((v, g))  # by group, then value; NaN last within a group
-        g_sorted = g[order]
-    v_sorted = v[order]
-    ok = np.flatnonzero(~np.isnan(v_sorted))
-    m = ok.size
+        if g.dtype.kind in "iu" and g.min() >= 0 and g.max() < 2**15:
+            g = g.astype(np.int16)
+        order = order[np.argsort(g[order], kind="stable")]  # by group, values ascending within
+        order = order[~np.isnan(v[order])]
+        gs = g[order]
+    m = order.size
     if m == 0:
         return out
-    vs, gs = v_sorted[ok], g_sorted[ok]
-    new_group = np.ones(m, dtype=bool)
-    new_group[1:] = gs[1:] != gs[:-1]
-    new_run = new_group.copy()
-    new_run[1:] |= vs[1:] != vs[:-1]
-    pos = np.arange(m)
-    group_start = np.maximum.accumulate(np.where(new_group, pos, 0))
-    ordinal = pos - group_start + 1
+    vs = v[order]
+    new_run = np.ones(m, dtype=bool)
+    np.not_equal(vs[1:], vs[:-1], out=new_run[1:])
+    pos = np.arange(1, m + 1, dtype=float)
+    if gs is not None:
+        new_group = np.ones(m, dtype=bool)
+        np.not_equal(gs[1:], gs[:-1], out=new_group[1:])
+        new_run |= new_group
+        starts = np.flatnonzero(new_group)
+        pos -= np.repeat(starts, np.diff(np.append(starts, m)))  # ordinal within the group
+    if new_run.all():  # no ties: the common case for float features
+        out[order] = pos
+        return out
     run_starts = np.flatnonzero(new_run)
-    run_ends = np.append(run_starts[1:], m) - 1
-    run_rank = (ordinal[run_starts] + ordinal[run_ends]) / 2.0
-    out[order[ok]] = run_rank[np.cumsum(new_run) - 1]
+    run_len = np.diff(np.append(run_starts, m))
+    run_rank = (pos[run_starts] + pos[run_starts + run_len - 1]) / 2.0
+    out[order] = np.repeat(run_rank, run_len)
     return out
 
 
@@ -242,7 +251,17 @@ def group_corr(
     Returns (corr, n) arrays of length ``n_groups``; corr is NaN where n < 3 or a side is constant.
     """
     ok = ~(np.isnan(a) | np.isnan(b))
-    a, b, c = a[ok], b[ok], codes[ok]
+    full = bool(ok.all())
+    if n_groups == 1:  # pooled: plain dot products
+        x, y = (a, b) if full else (a[ok], b[ok])
+        n = np.array([float(x.size)])
+        if x.size < 3:
+            return np.array([np.nan]), n
+        x = x - x.mean()
+        y = y - y.mean()
+        den = np.sqrt(float(x @ x) * float(y @ y))
+        return np.array([float(x @ y) / den if den > 0 else np.nan]), n
+    a, b, c = (a, b, codes) if full else (a[ok], b[ok], codes[ok])
     n = np.bincount(c, minlength=n_groups).astype(float)
     with np.errstate(invalid="ignore", divide="ignore"):
         ma = np.bincount(c, a, n_groups) / n
@@ -261,10 +280,7 @@ def rank_ic(x: np.ndarray, y: np.ndarray) -> float:
     x = np.asarray(x, dtype=float)
     y = np.asarray(y, dtype=float)
     ok = ~(np.isnan(x) | np.isnan(y))
-    if ok.sum() < 3:
-        return float("nan")
-    codes = np.zeros(int(ok.sum()), dtype=np.int64)
-    corr, _ = group_corr(average_ranks(x[ok]), average_ranks(y[ok]), codes, 1)
+    corr, _ = group_corr(average_ranks(x[ok]), average_ranks(y[ok]), np.zeros(0, np.int64), 1)
     return float(corr[0])
 
 
@@ -421,20 +437,14 @@ def horizon_of(target: str) -> int:
     return int(m.group(1))
 
 
-def _valid_rows(frame: pd.DataFrame, target: str) -> np.ndarray:
-    return np.flatnonzero(np.isfinite(frame[target].to_numpy(dtype=float)))
-
-
-def purged_test_folds(frame: pd.DataFrame, horizon: int, settings: Settings) -> list[np.ndarray]:
-    """Test row positions (into ``frame``) of each PurgedKFold fold."""
-    label_col = f"label_end_{horizon}"
-    label_end = frame[label_col].to_numpy() if label_col in frame.columns else None
+def purged_test_folds(
+    timestamps: np.ndarray, label_end: np.ndarray | None, horizon: int, settings: Settings
+) -> list[np.ndarray]:
+    """Test row positions of each ``PurgedKFold(n_splits, horizon, embargo)`` fold."""
     splitter = PurgedKFold(settings.n_splits, horizon, settings.embargo_for(horizon))
     return [
         np.asarray(test, dtype=np.int64)
-        for _, test in splitter.split(
-            frame[["timestamp"]], groups=frame["timestamp"].to_numpy(), label_end=label_end
-        )
+        for _, test in splitter.split(timestamps, groups=timestamps, label_end=label_end)
     ]
 
 
@@ -452,42 +462,39 @@ def symbol_codes(symbols: pd.Series) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _oof_rank_ic(
-    x: np.ndarray,
-    y_ranks: list[np.ndarray],
+    column: np.ndarray,
+    fold_rows: list[np.ndarray],
     y_folds: list[np.ndarray],
-    folds: list[np.ndarray],
-    codes: np.ndarray | None,
+    y_ranks: list[np.ndarray],
+    fold_codes: list[np.ndarray] | None,
     n_groups: int,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Signed out-of-fold rank IC of one feature, per group: (ic[n_groups], rows[n_groups]).
 
-    On each fold's test rows the rank IC is exact (ranked once per fold). The sign of the
-    one-feature "model" for fold k is learned without fold k: from the other folds' rank ICs,
-    weighted by rows (a single sign cannot carry the test fold's labels).
+    ``column`` is the whole panel column; ``fold_rows`` are each fold's test rows in it. On each
+    fold's test rows the rank IC is exact (ranked once per fold, within each group if grouped).
+    The sign of the one-feature "model" for fold k is learned without fold k: from the other
+    folds' rank ICs, weighted by rows (a single sign cannot carry fold k's labels).
     """
-    ics = np.zeros((len(folds), n_groups))
-    ns = np.zeros((len(folds), n_groups))
-    for k, test in enumerate(folds):
-        xk = x[test]
-        ck = codes[test] if codes is not None else np.zeros(test.size, dtype=np.int64)
-        yk = y_folds[k]
-        ok = ~np.isnan(xk)
-        yr = (
-            y_ranks[k]
-            if ok.all()
-            else average_ranks(np.where(ok, yk, np.nan), ck if codes is not None else None)
-        )
-        xr = average_ranks(xk, ck if codes is not None else None)
-        corr, n = group_corr(xr, yr, ck, n_groups)
+    k_folds = len(fold_rows)
+    ics = np.zeros((k_folds, n_groups))
+    ns = np.zeros((k_folds, n_groups))
+    for k, rows in enumerate(fold_rows):
+        xk = column[rows]
+        ck = fold_codes[k] if fold_codes is not None else None
+        nan = np.isnan(xk)
+        # where the feature is missing, y is ranked again over the rows where it exists
+        yr = average_ranks(np.where(nan, np.nan, y_folds[k]), ck) if nan.any() else y_ranks[k]
+        codes = ck if ck is not None else np.zeros(0, dtype=np.int64)
+        corr, n = group_corr(average_ranks(xk, ck), yr, codes, n_groups)
         ics[k] = np.nan_to_num(corr)
         ns[k] = np.where(np.isnan(corr), 0.0, n)
     weighted = ics * ns
-    total = weighted.sum(axis=0)
-    signs = np.sign(total[None, :] - weighted)  # sign from the other folds
-    rows = ns.sum(axis=0)
+    signs = np.sign(weighted.sum(axis=0)[None, :] - weighted)  # sign from the other folds
+    rows_total = ns.sum(axis=0)
     with np.errstate(invalid="ignore", divide="ignore"):
-        oof = (signs * weighted).sum(axis=0) / rows
-    return np.where(rows > 0, oof, np.nan), rows
+        oof = (signs * weighted).sum(axis=0) / rows_total
+    return np.where(rows_total > 0, oof, np.nan), rows_total
 
 
 def dominance_test(
@@ -513,20 +520,26 @@ def dominance_test(
     features = list(dict.fromkeys(features))
     if not features:
         return []
-    valid = _valid_rows(panel_frame, target)
-    frame = panel_frame.iloc[valid]
-    y = frame[target].to_numpy(dtype=float)
-    folds = [f for f in purged_test_folds(frame, h, settings) if f.size]
-    if not folds:
-        log.warning("dominance test for %s: no folds (%d rows); nothing tested", target, len(frame))
+    # work on column arrays and row positions: no copy of the panel
+    valid = np.flatnonzero(np.isfinite(panel_frame[target].to_numpy(dtype=float)))
+    label_col = f"label_end_{h}"
+    label_end = panel_frame[label_col].to_numpy()[valid] if label_col in panel_frame else None
+    folds = purged_test_folds(panel_frame["timestamp"].to_numpy()[valid], label_end, h, settings)
+    fold_rows = [valid[f] for f in folds if f.size]
+    if not fold_rows:
+        log.warning("dominance test for %s: no folds (%d rows); nothing tested", target, valid.size)
         return []
-    y_folds = [y[f] for f in folds]
+    y_all = panel_frame[target].to_numpy(dtype=float)
+    y_folds = [y_all[rows] for rows in fold_rows]
     y_ranks = [average_ranks(yk) for yk in y_folds]
+
+    def column(name: str) -> np.ndarray:
+        return panel_frame[name].to_numpy(dtype=float)
 
     ics = np.empty(len(features))
     rows = np.empty(len(features))
     for i, feat in enumerate(features):
-        ic, n = _oof_rank_ic(frame[feat].to_numpy(dtype=float), y_ranks, y_folds, folds, None, 1)
+        ic, n = _oof_rank_ic(column(feat), fold_rows, y_folds, y_ranks, None, 1)
         ics[i], rows[i] = ic[0], n[0]
     abs_ic = np.abs(np.nan_to_num(ics))
 
@@ -551,20 +564,19 @@ def dominance_test(
             "dominance_ratio": settings.dominance_ratio,
             "floor": DOMINANCE_FLOOR,
             "rows": int(rows[i]),
-            "folds": len(folds),
+            "folds": len(fold_rows),
         }
         log.info("dominance: %s scores alone %s", feat, evidence)
         hits.append(Exclusion(feat, "dominance", evidence, attempt))
         flagged.add(feat)
 
     rest = [f for f in dict.fromkeys(per_symbol) if f in features and f not in flagged]
-    uniq, codes = symbol_codes(frame["symbol"])
+    uniq, codes = symbol_codes(panel_frame["symbol"]) if rest else (np.array([]), None)
     if rest and uniq.size > 1:
-        y_ranks_g = [average_ranks(yk, codes[f]) for yk, f in zip(y_folds, folds, strict=True)]
+        fold_codes = [codes[r] for r in fold_rows]
+        y_ranks_g = [average_ranks(yk, ck) for yk, ck in zip(y_folds, fold_codes, strict=True)]
         for feat in rest:
-            ic, n = _oof_rank_ic(
-                frame[feat].to_numpy(dtype=float), y_ranks_g, y_folds, folds, codes, uniq.size
-            )
+            ic, n = _oof_rank_ic(column(feat), fold_rows, y_folds, y_ranks_g, fold_codes, uniq.size)
             with np.errstate(invalid="ignore", divide="ignore"):
                 thr = np.maximum(settings.dominance_rank_ic, PER_SYMBOL_Z * np.sqrt(h / n))
             bad = np.flatnonzero(np.isfinite(ic) & (n > 0) & (np.abs(ic) > thr))
@@ -582,7 +594,7 @@ def dominance_test(
                 "rule": "per_symbol",
                 "z": PER_SYMBOL_Z,
                 "by_symbol": by_symbol,
-                "folds": len(folds),
+                "folds": len(fold_rows),
             }
             log.info("dominance: user column %s scores alone in %s", feat, sorted(by_symbol))
             hits.append(Exclusion(feat, "dominance", evidence, attempt, tuple(by_symbol)))

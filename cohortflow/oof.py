@@ -104,6 +104,8 @@ def labelled_rows(frame: pd.DataFrame, target: str, horizon: int) -> pd.DataFram
         raise ValueError(f"panel is missing column(s) {missing} needed for target {target!r}")
     y = frame[target].to_numpy(dtype=np.float64)
     keep = np.isfinite(y) & frame[label_end_column(horizon)].notna().to_numpy()
+    if keep.all():  # already labelled (e.g. a training window): no copy of the data
+        return frame.reset_index(drop=True)
     return frame.loc[keep].reset_index(drop=True)
 
 
@@ -124,6 +126,8 @@ def resolve_model_features(
     features = tuple(features)
     if not features:
         raise ValueError("no features given")
+    if len(set(features)) != len(features):
+        raise ValueError(f"features repeat a column: {list(features)}")
     out: dict[str, tuple[str, ...]] = {}
     for name in models:
         subset = tuple((model_features or {}).get(name, features))
@@ -222,13 +226,13 @@ def generate_oof(
     models = base_model_names(settings)
     for name in models:
         validate_name("model", name)
+    per_model = resolve_model_features(models, features, model_features)
     labelled = labelled_rows(train, target, horizon)
     if params is None and settings.tune:
         params = tune_params(
             labelled, target, horizon, features, settings, model_features=model_features
         )
     params = {m: dict((params or {}).get(m, {})) for m in models}
-    per_model = resolve_model_features(models, features, model_features)
     if plan is None:
         plan = default_fold_plan(labelled, horizon, settings)
     fold_of = _check_plan(plan, labelled)

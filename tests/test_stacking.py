@@ -30,7 +30,7 @@ PICKLE_SUFFIXES = (".pkl", ".pickle", ".joblib", ".pck", ".sav")
 
 
 def make_panel(n_dates: int = 260, n_symbols: int = 8, seed: int = 1) -> pd.DataFrame:
-    """y = 0.5 f1 + 0.5 f2 + noise (x 1%); symbols start on different dates; one has a hole."""
+    """y = 0.5 f1 + 0.5 f2 + noise (x 1%); symbols start on different dates; two have holes."""
     rng = np.random.default_rng(seed)
     dates = pd.bdate_range("2020-01-01", periods=n_dates)
     parts = []
@@ -38,6 +38,8 @@ def make_panel(n_dates: int = 260, n_symbols: int = 8, seed: int = 1) -> pd.Data
         d = dates[4 * k :]
         if k == 1:
             d = d.delete(range(100, 106))
+        if k == 2:  # a hole just before the hold-out boundary: dates 199..203
+            d = d.delete(range(191, 196))
         x = rng.standard_normal((len(d), 4))
         frame = pd.DataFrame({"timestamp": d, "symbol": f"S{k:02d}"})
         frame[FEATURES] = x
@@ -116,12 +118,17 @@ def test_the_test_period_is_separated_from_training_by_horizon_plus_embargo(buil
     labelled_dates = np.unique(panel.loc[panel[TARGET].notna(), "timestamp"])
     assert test["timestamp"].nunique() == round(0.2 * len(labelled_dates))
     assert test["timestamp"].max() == labelled_dates.max()
-    assert info["test_first"] == result_boundary(test) and info["train_rows"] == len(train)
+    # S02 lacks dates 199..203, so its label windows just before the hole reach past them:
+    # they are purged by label end, and S02 stops training earlier than the others
+    le = f"label_end_{H}"
+    s02 = panel[(panel["symbol"] == "S02") & panel[TARGET].notna()].reset_index(drop=True)
+    last_s02 = train.loc[train["symbol"] == "S02", "timestamp"].max()
+    assert last_s02 < train["timestamp"].max()
+    next_row = s02.loc[s02["timestamp"] > last_s02].iloc[0]
+    assert np.searchsorted(grid, next_row[le].to_datetime64()) >= first_test - embargo
+    assert info["test_first"] == test["timestamp"].min().isoformat()
+    assert info["train_rows"] == len(train)
     assert test[TARGET].notna().all() and train[TARGET].notna().all()
-
-
-def result_boundary(test: pd.DataFrame) -> str:
-    return test["timestamp"].min().isoformat()
 
 
 def test_meta_validation_is_walk_forward_over_oof_dates_with_a_gap(built):
