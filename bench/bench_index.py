@@ -10,9 +10,10 @@ attempts; builds the index with ``CohortIndex.rebuild``; then times
   target=T)``.
 
 Times are medians of several repeats, in milliseconds, with a warm page cache (the tree
-was just written). The last line holds ``key=value`` pairs for scripts.
+was just written). The tree is built in /dev/shm when available (see --dir). The last line
+holds ``key=value`` pairs for scripts.
 
-    python bench/bench_index.py              # N = 100,000 (tree build ~1-2 min)
+    python bench/bench_index.py              # N = 100,000 (about 1-2 min in all)
     python bench/bench_index.py --quick      # N = 5,000, fewer repeats
 """
 
@@ -91,6 +92,11 @@ def build_tree(root: Path, n: int) -> list[str]:
     return ids
 
 
+def _default_dir() -> str | None:
+    shm = Path("/dev/shm")
+    return str(shm) if shm.is_dir() and os.access(shm, os.W_OK) else None
+
+
 def median_ms(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
     times, result = [], None
     for _ in range(repeats):
@@ -106,7 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="N = 5,000 and fewer repeats")
     parser.add_argument("--repeats", type=int, default=None, help="repeats of index timings")
     parser.add_argument("--walk-repeats", type=int, default=None, help="repeats of walk timings")
-    parser.add_argument("--dir", default=None, help="where to build the tree (a temp folder)")
+    parser.add_argument(
+        "--dir",
+        default=_default_dir(),
+        help="where to build the tree (default: /dev/shm when there, else the temp folder; "
+        "removing 100,000 folders from a busy disk can take minutes)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the tree afterwards")
     args = parser.parse_args(argv)
     n = 5_000 if args.quick and args.n == 100_000 else args.n

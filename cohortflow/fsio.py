@@ -91,6 +91,30 @@ def remove_file(path: Any) -> None:
             upath.unlink()
 
 
+def remove_stale_tmp(folder: Any, older_than_s: float = 0.0, recursive: bool = False) -> list[Path]:
+    """Delete temporary files a killed writer left behind (local folders only).
+
+    Callers hold the folder's lock, so no live writer of this folder owns a temp file;
+    ``older_than_s`` spares younger files for callers that do not.
+    """
+    import time
+
+    if not is_local(folder):
+        return []
+    base = local_path(folder)
+    if not base.is_dir():
+        return []
+    pattern = f"**/{TMP_PREFIX}*" if recursive else f"{TMP_PREFIX}*"
+    now = time.time()
+    removed = []
+    for tmp in base.glob(pattern):
+        with contextlib.suppress(FileNotFoundError):
+            if tmp.is_file() and now - tmp.stat().st_mtime >= older_than_s:
+                tmp.unlink()
+                removed.append(tmp)
+    return removed
+
+
 @contextlib.contextmanager
 def exclusive_lock(lock_path: Any) -> Iterator[None]:
     """Hold an exclusive advisory lock (``flock``) on ``lock_path`` for the block.

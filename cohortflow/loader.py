@@ -20,7 +20,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 
 from cohortflow.canonical import sha256_hex
-from cohortflow.errors import ArtifactNotFoundError, DataError, InvalidNameError
+from cohortflow.errors import ArtifactNotFoundError, DataError, InvalidNameError, StoreError
+from cohortflow.fsio import atomic_write_bytes, write_json
 from cohortflow.layout import (
     COMPLETE_MARKER,
     CROSS_SECTIONAL,
@@ -28,6 +29,7 @@ from cohortflow.layout import (
     Scope,
     as_root,
     sorted_attempts,
+    unique_run_dir,
     validate_batch,
 )
 from cohortflow.names import validate_name
@@ -35,6 +37,7 @@ from cohortflow.names import validate_name
 log = logging.getLogger(__name__)
 
 STAGE = "TRAINING"
+EXPORT_FILES = ("oof_predictions.parquet", "fold_plan.json", "metadata.json")
 # the OOF column prefix of cohortflow.oof, repeated so that reading a dataset does not import
 # scikit-learn and the model libraries
 PRED_PREFIX = "pred_"
@@ -173,3 +176,29 @@ def load_stacking_data(root: Any, batch: str, attempt: int, target: str) -> Stac
     }
     log.info("loaded OOF %s: %d rows, columns %s", path, len(frame), preds)
     return StackingData(frame=frame, metadata=metadata)
+
+
+def export_stacking_data(data: StackingData, parent: Any, name: str | None = None) -> Any:
+    """Copy a loaded OOF dataset into a new folder ``parent/name`` (default: a new run id).
+
+    The folder is claimed with :func:`cohortflow.layout.unique_run_dir`, so two exports never
+    share or overwrite one (an existing ``name`` is refused). It receives the stored parquet
+    bytes unchanged (checked against ``metadata["sha256"]``), ``fold_plan.json`` when the
+    source had one, and ``metadata.json`` (the provenance, without the fold plan). Returns
+    the folder.
+    """
+    source = as_root(data.metadata["path"])
+    raw = source.read_bytes()
+    if sha256_hex(raw) != data.metadata["sha256"]:
+        raise StoreError(
+            f"{source} changed since it was loaded (sha256 differs); load it again to export it"
+        )
+    folder = unique_run_dir(as_root(parent), name)
+    atomic_write_bytes(folder / EXPORT_FILES[0], raw)
+    if data.metadata.get("fold_plan") is not None:
+        write_json(folder / EXPORT_FILES[1], data.metadata["fold_plan"])
+    write_json(
+        folder / EXPORT_FILES[2], {k: v for k, v in data.metadata.items() if k != "fold_plan"}
+    )
+    log.info("exported %s to %s", source, folder)
+    return folder

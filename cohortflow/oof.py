@@ -29,6 +29,7 @@ from cohortflow import metrics
 from cohortflow.canonical import sha256_hex
 from cohortflow.errors import CohortflowError
 from cohortflow.fsio import atomic_write_bytes
+from cohortflow.layout import as_root
 from cohortflow.models import base_model_names, make_base_model
 from cohortflow.names import validate_name
 from cohortflow.settings import Settings
@@ -378,8 +379,11 @@ def write_oof_parquet(frame: pd.DataFrame, path: str | Path) -> str:
 
 
 def read_oof_parquet(path: str | Path) -> pd.DataFrame:
-    """Read an OOF (or prediction) Parquet file; timestamps come back as datetime64[ns]."""
-    frame = pq.read_table(path).to_pandas()
+    """Read an OOF (or prediction) Parquet file (local path or UPath).
+
+    Timestamps come back as datetime64[ns].
+    """
+    frame = pq.read_table(io.BytesIO(as_root(path).read_bytes())).to_pandas()
     if "timestamp" in frame:
         frame["timestamp"] = frame["timestamp"].astype("datetime64[ns]")
     return frame

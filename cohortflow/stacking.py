@@ -30,6 +30,7 @@ from cohortflow import metrics
 from cohortflow.canonical import canonical_json, normalize
 from cohortflow.errors import ArtifactNotFoundError
 from cohortflow.fsio import atomic_write_bytes, write_json
+from cohortflow.layout import as_root
 from cohortflow.names import validate_name
 from cohortflow.oof import (
     TREE_MODELS,
@@ -489,13 +490,16 @@ def fit_stacking(
 
     ``train`` is the frame the OOF dataset was built on (its label ends purge the
     meta-learner's walk-forward folds); ``test`` the held-out period (see
-    :func:`split_train_test`, whose info dict is ``split_info``). ``model_features`` must
-    match the OOF dataset's feature subsets when given. Base models use ``oof.params``.
+    :func:`split_train_test`, whose info dict is ``split_info``). ``model_features``
+    defaults to the OOF dataset's feature subsets and must match them when given. Base
+    models are refit with ``oof.params``.
     """
     validate_name("target", target)
     models = tuple(oof.models)
+    if model_features is None and oof.features:
+        model_features = oof.features  # the subsets the OOF columns were made with
     per_model = resolve_model_features(models, features, model_features)
-    if oof.features and dict(oof.features) != per_model:
+    if oof.features and {m: tuple(f) for m, f in oof.features.items()} != per_model:
         raise ValueError(
             f"feature subsets {per_model} differ from those of the OOF dataset {dict(oof.features)}"
         )
@@ -673,8 +677,9 @@ def save_stacking(result: StackingResult, folder: str | Path) -> list[Path]:
     Files: ``lightgbm.txt``, ``xgboost.json``, ``{extra}.json`` (linear extras),
     ``meta_learner.json``, ``model_card.json``, ``test_predictions.parquet``,
     ``evaluation.json``. Returns their paths, sorted. Every write goes through fsio.
+    ``folder`` may be a local path or a UPath.
     """
-    folder = Path(folder)
+    folder = as_root(folder)
     written = []
     for name in result.base_models:
         path = folder / _model_file(name)
@@ -741,11 +746,16 @@ class LoadedStack:
 
 
 def load_stacking(folder: str | Path) -> LoadedStack:
-    """Read a stack written by :func:`save_stacking`; parses files only, runs no code."""
+    """Read a stack written by :func:`save_stacking`; parses files only, runs no code.
+
+    LightGBM text and XGBoost JSON go to their own loaders (``lgb.Booster(model_str=...)``,
+    ``xgb.Booster().load_model(...)``), linear extras and the meta-learner are JSON numbers.
+    File names come from the model names, never from paths stored in the card.
+    """
     import lightgbm as lgb
     import xgboost as xgb
 
-    folder = Path(folder)
+    folder = as_root(folder)
     card_path, meta_path = folder / FILES["card"], folder / FILES["meta"]
     for path in (card_path, meta_path):
         if not path.is_file():
@@ -757,12 +767,12 @@ def load_stacking(folder: str | Path) -> LoadedStack:
     meta = MetaLearner.from_dict(json.loads(meta_path.read_text(encoding="utf-8")))
     models: dict[str, Any] = {}
     for name in card["base_models"]:
-        path = folder / card["model_files"][name]
+        path = folder / _model_file(validate_name("model", name))
         if name == "lightgbm":
-            models[name] = lgb.Booster(model_file=str(path))
+            models[name] = lgb.Booster(model_str=path.read_text(encoding="utf-8"))
         elif name == "xgboost":
             booster = xgb.Booster()
-            booster.load_model(str(path))
+            booster.load_model(bytearray(path.read_bytes()))
             models[name] = booster
         else:
             doc = json.loads(path.read_text(encoding="utf-8"))
@@ -782,4 +792,4 @@ def load_stacking(folder: str | Path) -> LoadedStack:
 
 def read_test_predictions(folder: str | Path) -> pd.DataFrame:
     """The saved ``test_predictions.parquet`` of a stacking folder."""
-    return read_oof_parquet(Path(folder) / FILES["predictions"])
+    return read_oof_parquet(as_root(folder) / FILES["predictions"])

@@ -26,7 +26,7 @@ from upath import UPath
 
 from cohortflow.canonical import canonical_json, canonical_json_bytes, normalize, sha256_hex
 from cohortflow.errors import ArtifactNotFoundError, StoreError
-from cohortflow.fsio import atomic_write_bytes, exclusive_lock, remove_file
+from cohortflow.fsio import atomic_write_bytes, exclusive_lock, remove_file, remove_stale_tmp
 from cohortflow.layout import (
     COMPLETE_MARKER,
     CohortRecord,
@@ -131,7 +131,9 @@ class Store:
         return json.loads(path.read_text())
 
     def _begin_attempt_write(self, scope: Scope) -> None:
+        """Withdraw the completion marker and sweep temp files a killed writer left."""
         remove_file(scope.complete_marker(self.root))
+        remove_stale_tmp(scope.attempt_dir(self.root), recursive=True)
 
     def lock(self, scope: Scope):
         return exclusive_lock(scope.lock_path(self.root))
@@ -388,7 +390,8 @@ class Store:
             with self.lock(scope):
                 attempt_dir = scope.attempt_dir(self.root)
                 records = manifest_records(attempt_dir)
-                cohort_ids = []
+                cohort_ids: list[str] = []
+                indexed: list[tuple[CohortRecord, dict]] = []
                 for draft in by_scope[scope]:
                     baseline = self.find_baseline(draft)
                     files = finalize_cohort(draft, records, baseline, result.run_info)
@@ -399,13 +402,15 @@ class Store:
                     for optional in ("diff_prev.json", "drift.json"):
                         if optional not in files.documents:
                             remove_file(cohort_dir / optional)
-                    index.add(self.record_for(draft, files), summary=dict(draft.key_metrics))
+                    indexed.append((self.record_for(draft, files), dict(draft.key_metrics)))
                     cohort_ids.append(files.cohort_id)
                 marker = {
                     "artifacts_manifest_sha256": manifest_sha256(records),
                     "cohorts": sorted(cohort_ids),
                 }
                 written.append(self._write(scope.complete_marker(self.root), canonical_json_bytes(marker)))
+                # indexed only once complete: the index never lists a half-written attempt
+                index.add_many(indexed)
         return written
 
     def record_for(self, draft: CohortDraft, files: CohortFiles) -> CohortRecord:

@@ -3,6 +3,7 @@ tree, and says exactly what it looked for and what exists when something is miss
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -11,10 +12,10 @@ import pandas as pd
 import pytest
 
 from cohortflow.canonical import sha256_file
-from cohortflow.errors import ArtifactNotFoundError, InvalidNameError
+from cohortflow.errors import ArtifactNotFoundError, InvalidNameError, StoreError
 from cohortflow.fsio import atomic_write_bytes, atomic_write_text, write_json
 from cohortflow.layout import Scope
-from cohortflow.loader import OOFColumnsError, load_stacking_data
+from cohortflow.loader import OOFColumnsError, export_stacking_data, load_stacking_data
 from cohortflow.oof import parquet_bytes, write_oof_parquet
 
 BATCH = "ab12cd34ef56"
@@ -211,3 +212,41 @@ def test_the_loader_prefix_is_the_oof_prefix():
     from cohortflow import loader, oof
 
     assert loader.PRED_PREFIX == oof.PRED_PREFIX
+
+
+def test_export_copies_the_dataset_into_a_new_run_folder_each_time(root, tmp_path):
+    data = load_stacking_data(root, BATCH, 0, TARGET)
+    exports = tmp_path / "exports"
+    first = export_stacking_data(data, exports)
+    second = export_stacking_data(data, exports)
+    assert first != second and first.parent == second.parent == exports
+    # run ids: YYYYMMDD_HHMMSS_ffffff_ + 6 hex from secrets
+    assert re.fullmatch(r"\d{8}_\d{6}_\d{6}_[0-9a-f]{6}", first.name)
+    for folder in (first, second):
+        assert sorted(p.name for p in folder.iterdir()) == [
+            "fold_plan.json",
+            "metadata.json",
+            "oof_predictions.parquet",
+        ]
+        assert sha256_file(folder / "oof_predictions.parquet") == data.metadata["sha256"]
+    exported = json.loads((first / "metadata.json").read_text())
+    assert exported["path"] == str(scope(0).oof_path(root)) and "fold_plan" not in exported
+    assert json.loads((first / "fold_plan.json").read_text()) == FOLD_PLAN
+
+
+def test_export_to_a_named_folder_never_reuses_it(root, tmp_path):
+    data = load_stacking_data(root, BATCH, 0, TARGET)
+    folder = export_stacking_data(data, tmp_path / "exports", "xgb_tuned_v1")
+    assert folder == tmp_path / "exports" / "xgb_tuned_v1"
+    with pytest.raises(StoreError, match="already exists; refusing to reuse it"):
+        export_stacking_data(data, tmp_path / "exports", "xgb_tuned_v1")
+    with pytest.raises(InvalidNameError):
+        export_stacking_data(data, tmp_path / "exports", "../escape")
+
+
+def test_export_refuses_a_dataset_that_changed_after_loading(root, tmp_path):
+    data = load_stacking_data(root, BATCH, 0, TARGET)
+    write_oof_parquet(oof_frame(9), scope(0).oof_path(root))
+    with pytest.raises(StoreError, match="changed since it was loaded"):
+        export_stacking_data(data, tmp_path / "exports")
+    assert not (tmp_path / "exports").exists()

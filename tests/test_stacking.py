@@ -292,3 +292,36 @@ def test_missing_stacking_files_are_named(tmp_path):
         FileNotFoundError, match=r"stacking model file not found: .*model_card.json"
     ):
         load_stacking(tmp_path)
+
+
+def test_save_and_load_through_a_upath(built):
+    from upath import UPath
+
+    _, _, test, _, _, result = built
+    folder = UPath("memory://cohortflow-test/stacking")
+    written = save_stacking(result, folder)
+    assert [p.name for p in written][:2] == ["evaluation.json", "lightgbm.txt"]
+    loaded = load_stacking(folder)
+    np.testing.assert_array_equal(
+        loaded.predict(test), result.test_predictions["pred_stack"].to_numpy()
+    )
+    pd.testing.assert_frame_equal(
+        read_test_predictions(folder), result.test_predictions, check_dtype=False
+    )
+
+
+def test_feature_subsets_default_to_the_oof_datasets_and_must_match_it(built):
+    _, train, test, info, oof, result = built
+    again = fit_stacking(oof, train, test, TARGET, H, FEATURES, small_settings(), split_info=info)
+    assert again.meta == result.meta and again.features == result.features
+    with pytest.raises(ValueError, match="differ from those of the OOF dataset"):
+        fit_stacking(
+            oof,
+            train,
+            test,
+            TARGET,
+            H,
+            FEATURES,
+            small_settings(),
+            model_features={"lightgbm": FEATURES, "xgboost": FEATURES},
+        )
