@@ -134,9 +134,11 @@ def build_training_assets(
         oof_dataset: OOFResult,
     ) -> StackingResult:
         settings = cohortflow.settings()
-        train, test, _ = split_train_test(feature_panel.frame, target, horizon, settings)
+        train, test, boundaries = split_train_test(feature_panel.frame, target, horizon, settings)
         features = list(_cs_featureset(featureset).kept)
-        result = fit_stacking(oof_dataset, train, test, target, horizon, features, settings)
+        result = fit_stacking(
+            oof_dataset, train, test, target, horizon, features, settings, split_info=boundaries
+        )
         table = pd.DataFrame(
             {
                 m: {k: v for k, v in result.test_metrics[m].items() if k in ("r2", "rank_ic")}
@@ -144,11 +146,13 @@ def build_training_assets(
                 if isinstance(result.test_metrics[m], dict) and "r2" in result.test_metrics[m]
             }
         ).T
+        stack = result.test_metrics["stack"]
         meta: dict[str, Any] = {
             "weights": MetadataValue.json(result.weights),
-            "stack_test_r2": float(result.test_metrics["stack"]["r2"]),
-            "stack_test_rank_ic": float(result.test_metrics["stack"]["rank_ic"]),
+            "stack_test_rank_ic": float(stack["rank_ic"]),
         }
+        if stack.get("r2") is not None:  # None for a logistic (sign) meta-learner
+            meta["stack_test_r2"] = float(stack["r2"])
         if not table.empty:
             meta["test_metrics_plot"] = _md_png(
                 plots.grouped_bars(table, f"{target}: held-out test", "score")
@@ -183,13 +187,13 @@ def build_training_assets(
         )
         report = evaluate_loaded_stack(stacking_model, test, saved, target, horizon)
         m = report["metrics_from_loaded_model"]
-        context.add_output_metadata(
-            {
-                "stack_r2": float(m["stack"]["r2"]),
-                "stack_rank_ic": float(m["stack"]["rank_ic"]),
-                "reproduces_saved_predictions": report["reproduces_saved_predictions"],
-            }
-        )
+        meta: dict[str, Any] = {
+            "stack_rank_ic": float(m["stack"]["rank_ic"]),
+            "reproduces_saved_predictions": report["reproduces_saved_predictions"],
+        }
+        if m["stack"].get("r2") is not None:
+            meta["stack_r2"] = float(m["stack"]["r2"])
+        context.add_output_metadata(meta)
         return report
 
     @asset(

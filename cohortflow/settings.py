@@ -62,7 +62,9 @@ class Settings:
     quick_estimators: int = 100
     # stacking
     meta_learner: str = "ridge"  # "ridge" | "logistic"
-    nonneg_weights: bool = False
+    # non-negative stack weights: a base model whose OOF predictions anti-correlate by
+    # chance would otherwise get a negative weight that does not survive out of sample
+    nonneg_weights: bool = True
     tune: bool = False
     tune_trials: int = 20
     models: ModelSettings = field(default_factory=ModelSettings)

@@ -315,10 +315,12 @@ class Store:
 
     # ---------------------------------------------------------------- OOF
     def write_oof(self, scope: Scope, frame: pd.DataFrame, fold_plan: Mapping, extra: Mapping[str, Any] | None = None) -> list[WrittenFile]:
+        from cohortflow.oof import parquet_bytes as oof_parquet_bytes  # fixed schema, no pandas metadata
+
         with self.lock(scope):
             self._begin_attempt_write(scope)
             written = [
-                self._write(scope.oof_path(self.root), parquet_bytes(frame), rows=len(frame)),
+                self._write(scope.oof_path(self.root), oof_parquet_bytes(frame), rows=len(frame)),
                 self._write(scope.fold_plan_path(self.root, "oof"), canonical_json_bytes(fold_plan)),
             ]
             if extra:

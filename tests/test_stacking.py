@@ -233,7 +233,7 @@ def test_logistic_meta_learner_predicts_the_probability_of_a_rise(built):
 def test_nonneg_weights_keep_a_noise_model_at_zero(built):
     panel, *_ = built
     noise_only = {"lightgbm": ["f1", "f2"], "xgboost": ["n1", "n2"]}
-    *_, free = build(small_settings(), model_features=noise_only, panel=panel)
+    *_, free = build(small_settings(nonneg_weights=False), model_features=noise_only, panel=panel)
     *_, bounded = build(small_settings(nonneg_weights=True), model_features=noise_only, panel=panel)
     # unconstrained, ridge gives the noise model a negative weight (k-fold OOF predictions of
     # a noise model anti-correlate with the fold's mean return); nonneg clips it to 0
