@@ -23,7 +23,7 @@ from cohortflow.errors import ArtifactNotFoundError
 from cohortflow.features import Panel, feature_specs
 from cohortflow.layout import Scope
 from cohortflow.leakage import Exclusions, detect_leaks
-from cohortflow.ranking import TargetRanking, rank_target
+from cohortflow.ranking import TargetRanking, rank_target, symbols_for_view
 from cohortflow.selection import Featureset, compute_importances, prune
 from cohortflow.snapshots import draft_from_rows
 from cohortflow.store import StageSnapshots, csv_bytes
@@ -161,7 +161,10 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
         settings = cohortflow.settings()
         excl, _ = _cs_and_symbols(feature_exclusions)
         features = usable_features(feature_panel, excl, attempt)
-        ranking: TargetRanking = rank_target(feature_panel.frame, target, horizon, features, settings)
+        symbols = symbols_for_view(feature_panel.frame, target, settings.symbol_views)
+        ranking: TargetRanking = rank_target(
+            feature_panel.frame, target, horizon, features, settings, symbols=symbols
+        )
         stage = "TARGET_RANKING"
         drafts, extras = [], {}
         for view in (ranking.cross_sectional, *ranking.symbol_specific):
@@ -217,7 +220,7 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
         excl, _ = _cs_and_symbols(feature_exclusions)
         features = usable_features(feature_panel, excl, attempt)
         out: dict[Scope, dict[str, pd.DataFrame]] = {}
-        for symbol in _views(feature_panel):
+        for symbol in [None, *symbols_for_view(feature_panel.frame, target, settings.symbol_views)]:
             scope = Scope(target, "FEATURE_SELECTION", SY if symbol else CS, batch, attempt, symbol)
             rows = target_rows(feature_panel.frame, target, symbol)
             out[scope] = compute_importances(rows, target, horizon, features, settings)
@@ -328,12 +331,6 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
         cohort_snapshot_feature_selection,
         *build_training_assets(target, horizon, common, {**panel_in, **bars_in}, own),
     ]
-
-
-def _views(panel: Panel) -> list[str | None]:
-    """None (the pooled cross-sectional view) then every symbol."""
-    symbols = sorted(panel.frame["symbol"].astype(str).unique())
-    return [None, *symbols]
 
 
 def _all_columns(universe: Universe) -> set[str]:

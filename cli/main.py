@@ -140,9 +140,6 @@ def cmd_cohorts_diff(args: argparse.Namespace) -> int:
         sha256_hex(json.dumps(snap_a, sort_keys=True).encode()),
     )
     snap_b = {**b.get("snapshot.json", {}), "settings_values": b.get("metadata.json", {}).get("settings", {})}
-    snap_b.setdefault("fingerprints", {}).setdefault("settings", None)
-    snap_b.setdefault("scoring_schema_version", None)
-    snap_b.setdefault("key_metrics", {})
     print(json.dumps(build_diff_prev(snap_b, baseline), indent=2, sort_keys=True))
     return 0
 

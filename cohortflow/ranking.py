@@ -309,12 +309,27 @@ def _view(
     return ViewRanking(view, symbol, metrics, importances, int(len(y)), plan), basis
 
 
+def symbols_for_view(panel: pd.DataFrame, target: str, limit: int) -> list[str]:
+    """The symbols that get a SYMBOL_SPECIFIC view: at most ``limit``, those with the most
+    labelled rows (ties by name), returned sorted by name. ``limit`` 0 turns the view off.
+
+    One model per symbol per fold is the cost that grows fastest with the universe, so
+    large universes keep the view for their longest histories only.
+    """
+    if limit <= 0:
+        return []
+    counts = panel.loc[panel[target].notna(), "symbol"].astype(str).value_counts()
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:limit]
+    return sorted(name for name, _ in ranked)
+
+
 def rank_target(
     panel: pd.DataFrame,
     target: str,
     horizon: int,
     features: Sequence[str],
     settings: Settings,
+    symbols: Sequence[str] | None = None,
 ) -> TargetRanking:
     """Score how predictable ``target`` (``fwd_ret_{horizon}``) is from ``features``.
 
@@ -322,8 +337,9 @@ def rank_target(
     are dropped; ``label_end_{horizon}`` (if present) drives purging. Folds:
     ``PurgedKFold(settings.n_splits, horizon, settings.embargo_for(horizon))`` on dates,
     per view. A symbol whose rows are too few for those folds is left out of the
-    symbol-specific view (logged). Models: ``settings.quick_estimators`` LightGBM trees
-    (``settings.seed``, ``settings.n_threads``) and a ridge.
+    symbol-specific view (logged); ``symbols`` limits that view (default: every symbol).
+    Models: ``settings.quick_estimators`` LightGBM trees (``settings.seed``,
+    ``settings.n_threads``) and a ridge.
     """
     features = list(features)
     _check_panel(panel, target, horizon, features)
@@ -345,7 +361,10 @@ def rank_target(
 
     cs, basis = _view(CROSS_SECTIONAL, None, X, y, ts, sym, label_end, features, horizon, settings)
     per_symbol = []
+    wanted = None if symbols is None else set(symbols)
     for symbol, idx in sorted(pd.Series(sym).groupby(sym, sort=True).indices.items()):
+        if wanted is not None and symbol not in wanted:
+            continue
         le = None if label_end is None else label_end[idx]
         try:
             view, _ = _view(

@@ -23,10 +23,11 @@ Pruning (:func:`prune`), in this order and deterministic:
 2. **probe rule** ("below_probe"): a feature is kept only if its permutation importance is above
    every probe's (and above 0). The comparison is made on held-out permutation importance, not
    on gain: gain rewards any persistent series for fitting whole periods of the training rows
-   (on our panels the 0.99-persistence probe is often the top *gain* feature), while on
-   held-out rows noise earns nothing systematic;
+   (on our panels the 0.99-persistence probe is often the top *gain* feature), while held-out
+   rows only reward what generalises across the purge gap;
 3. **consistency** ("inconsistent"): that importance must also hold fold after fold -- its mean
-   over the folds at least ``PERM_MIN_T`` standard errors above 0;
+   over the folds at least ``PERM_MIN_T`` standard errors above 0 -- and ("negligible") carry at
+   least ``MIN_PERM_SHARE`` of the total positive permutation importance;
 4. **near-duplicates** ("correlated"): walking down the combined ranking, a feature whose
    ``|spearman|`` with an already kept feature exceeds ``settings.corr_threshold`` is dropped
    (the more important one stays);
@@ -35,8 +36,9 @@ Pruning (:func:`prune`), in this order and deterministic:
 Kept features are listed in combined order. The permutation frame carries one more column,
 ``t_stat`` (mean / standard error over folds), which step 3 reads.
 
-The fold models are fitted with ``settings.quick_estimators`` trees: they rank features, they are
-not the models we evaluate.
+The fold models are fitted with ``settings.quick_estimators`` trees on at most
+``IMPORTANCE_MAX_TRAIN_ROWS`` training rows (seeded subset): they rank features, they are not
+the models we evaluate.
 """
 
 from __future__ import annotations
@@ -63,16 +65,23 @@ COMBINED = "combined"
 VIEWS = ("CROSS_SECTIONAL", "SYMBOL_SPECIFIC")
 PROBE_PREFIX = "probe_"
 
-# Permutation importance is scored on at most this many held-out rows per fold (evenly spaced,
-# so deterministic): the rank IC of 50k rows has a sampling sd near 0.005, plenty to order
-# features, and it bounds the cost at (features x repeats) predictions of 50k rows per fold.
-PERMUTATION_MAX_ROWS = 50_000
-# Spearman correlations for the near-duplicate rule use at most this many rows (evenly spaced):
+# Importance models are fitted on at most this many training rows per fold, and permutation
+# importance is scored on at most this many held-out rows per fold: seeded uniform subsets
+# (uniform over dates and symbols; a fixed stride could alias with the number of symbols).
+# Gain rankings are stable long before 200k rows, and the rank IC of 20k rows has a sampling
+# sd near 0.007 -- plenty to order features -- while a 500-symbol x 2500-bar panel would
+# otherwise cost minutes per fold. The evaluated models (OOF, stacking) use every row.
+IMPORTANCE_MAX_TRAIN_ROWS = 200_000
+PERMUTATION_MAX_ROWS = 20_000
+# Spearman correlations for the near-duplicate rule use at most this many rows (seeded subset):
 # the sd of rho at 200k rows is ~0.002, far below any sensible threshold margin.
 CORR_MAX_ROWS = 200_000
 # A kept feature's permutation importance must be positive fold after fold: its mean over the
 # folds at least this many standard errors above 0 (noise that won one fold by luck is not).
 PERM_MIN_T = 2.0
+# ... and carry at least this share of the positive permutation importance: on a panel of a
+# million rows, noise can be "consistent" at a 1/1000 of a real signal's importance.
+MIN_PERM_SHARE = 0.01
 # Shuffled copies predicted per LightGBM call (bounds memory: rows x features x 8 bytes).
 PREDICT_BATCH_ROWS = 250_000
 
@@ -128,10 +137,12 @@ def make_probes(symbols: pd.Series, n_probes: int, seed: int) -> np.ndarray:
     return out
 
 
-def _evenly_spaced(n: int, cap: int) -> np.ndarray:
-    if n <= cap:
-        return np.arange(n)
-    return np.unique(np.linspace(0, n - 1, cap).round().astype(np.int64))
+def _subsample(rows: np.ndarray, cap: int, seed: Sequence[int]) -> np.ndarray:
+    """``rows`` if there are at most ``cap``, else a seeded uniform subset of ``cap``, sorted."""
+    if rows.size <= cap:
+        return rows
+    pick = np.random.default_rng(list(seed)).choice(rows.size, size=cap, replace=False)
+    return rows[np.sort(pick)]
 
 
 def _permutation_drop(
@@ -216,29 +227,30 @@ def compute_importances(
     if missing:
         raise ValueError(f"features not in the frame: {missing}")
 
+    # rows with a target; columns are taken one by one (no copy of the whole frame)
     rows = np.flatnonzero(np.isfinite(frame[target].to_numpy(dtype=float)))
-    data = frame.iloc[rows]
-    y = data[target].to_numpy(dtype=float)
-    symbols = (
-        data["symbol"]
-        if "symbol" in data.columns
-        else pd.Series(np.zeros(rows.size, dtype=np.int64))
-    )
-    X = np.column_stack(
-        [data[f].to_numpy(dtype=np.float64) for f in features]
-        + [make_probes(symbols, n_probes, settings.seed)]
-    )
+    y = frame[target].to_numpy(dtype=float)[rows]
+    if "symbol" in frame.columns:
+        symbols = frame["symbol"].iloc[rows]
+    else:
+        symbols = pd.Series(np.zeros(rows.size, dtype=np.int64))
+    X = np.empty((rows.size, len(features) + n_probes))
+    for j, f in enumerate(features):
+        X[:, j] = frame[f].to_numpy(dtype=np.float64)[rows]
+    X[:, len(features) :] = make_probes(symbols, n_probes, settings.seed)
     names = features + probes
 
     label_col = f"label_end_{horizon}"
-    label_end = data[label_col].to_numpy() if label_col in data.columns else None
+    label_end = frame[label_col].to_numpy()[rows] if label_col in frame.columns else None
+    timestamps = frame["timestamp"].to_numpy()[rows]
     splitter = PurgedKFold(settings.n_splits, horizon, settings.embargo_for(horizon))
-    folds = list(splitter.split(X, groups=data["timestamp"].to_numpy(), label_end=label_end))
+    folds = list(splitter.split(X, groups=timestamps, label_end=label_end))
 
     totals = {model: np.zeros(len(names)) for model in MODELS}
     perm_folds = []
     n_est = settings.quick_estimators
-    for k, (train, test) in enumerate(folds):
+    for k, (train_all, test) in enumerate(folds):
+        train = _subsample(train_all, IMPORTANCE_MAX_TRAIN_ROWS, (settings.seed, 0, k))
         lgbm = lightgbm_regressor(settings, n_estimators=n_est)
         lgbm.fit(X[train], y[train])
         totals["lightgbm"] += lgbm.booster_.feature_importance(importance_type="gain")
@@ -248,7 +260,7 @@ def compute_importances(
         scores = xgbm.get_booster().get_score(importance_type="total_gain")  # keys "f{j}"
         totals["xgboost"] += np.array([scores.get(f"f{j}", 0.0) for j in range(len(names))])
 
-        held = test[_evenly_spaced(test.size, PERMUTATION_MAX_ROWS)]
+        held = _subsample(test, PERMUTATION_MAX_ROWS, (settings.seed, 1, k))
         perm_folds.append(_permutation_drop(lgbm, X[held], y[held], settings, k))
         log.debug(
             "importances %s fold %d: %d train / %d test rows", target, k, train.size, test.size
@@ -332,10 +344,14 @@ class Featureset:
         )
 
 
-def _spearman_matrix(frame: pd.DataFrame, names: Sequence[str]) -> tuple[np.ndarray, int]:
-    """|Spearman| between ``names`` on (at most CORR_MAX_ROWS evenly spaced) rows; NaN-aware
-    per pair only through rank NaNs (rows where either is NaN are skipped pairwise)."""
-    take = _evenly_spaced(len(frame), CORR_MAX_ROWS)
+def _spearman_matrix(
+    frame: pd.DataFrame, rows: np.ndarray, names: Sequence[str], seed: int
+) -> tuple[np.ndarray, int]:
+    """|Spearman| between ``names`` on ``rows`` (a seeded subset of at most CORR_MAX_ROWS).
+
+    Each column is ranked over its own non-NaN rows; a pair skips rows where either is NaN.
+    """
+    take = _subsample(rows, CORR_MAX_ROWS, (seed, 2))
     ranks = [average_ranks(frame[n].to_numpy(dtype=float)[take]) for n in names]
     m = len(names)
     rho = np.eye(m)
@@ -368,6 +384,7 @@ def prune(
     combined = importances[COMBINED]
     perm_frame = importances["permutation"].set_index("feature")
     perm = perm_frame["importance"]
+    perm_share = perm_frame["share"]
     # a permutation frame read back without t_stat (older CSV) skips the consistency check
     perm_t = (
         perm_frame["t_stat"] if "t_stat" in perm_frame.columns else pd.Series(np.inf, perm.index)
@@ -395,6 +412,10 @@ def prune(
             )
         elif t < PERM_MIN_T:
             dropped[f] = f"inconsistent: permutation t-stat over folds {t:.2f} < {PERM_MIN_T:g}"
+        elif float(perm_share[f]) < MIN_PERM_SHARE:
+            dropped[f] = (
+                f"negligible: permutation share {float(perm_share[f]):.2%} < {MIN_PERM_SHARE:.0%}"
+            )
         else:
             passing.append(f)
 
@@ -408,7 +429,7 @@ def prune(
     kept: list[str] = []
     corr_rows = 0
     if len(passing) > 1:
-        rho, corr_rows = _spearman_matrix(frame.iloc[rows], passing)
+        rho, corr_rows = _spearman_matrix(frame, rows, passing, settings.seed)
         for i, f in enumerate(passing):
             partners = [(rho[i, passing.index(k)], k) for k in kept]
             worst = max(partners, default=(0.0, None))
@@ -422,8 +443,14 @@ def prune(
     rule = {
         "models": list(MODELS),
         "combined": "mean rank over models; importance = 1 - (mean_rank - 1) / (F - 1)",
-        "probe_rule": "permutation importance > max(0, every probe's) and its t-stat over folds >= min_t",
+        "probe_rule": (
+            "permutation importance > max(0, every probe's), its t-stat over folds >= min_t "
+            "and its share >= min_permutation_share"
+        ),
         "min_t": PERM_MIN_T,
+        "min_permutation_share": MIN_PERM_SHARE,
+        "importance_max_train_rows": IMPORTANCE_MAX_TRAIN_ROWS,
+        "permutation_max_rows": PERMUTATION_MAX_ROWS,
         "n_probes": len(probes),
         "best_probe": best_probe,
         "best_probe_rank": int(comb_rank[best_probe]) if best_probe else None,

@@ -68,6 +68,8 @@ class Settings:
     tune: bool = False
     tune_trials: int = 20
     models: ModelSettings = field(default_factory=ModelSettings)
+    # SYMBOL_SPECIFIC view for at most this many symbols (the longest histories); 0 = off
+    symbol_views: int = 25
     max_rows: int = 2_000_000
     min_cs: int = 1
 

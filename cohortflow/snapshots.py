@@ -177,19 +177,20 @@ def diff_flat(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, dict[
 def _comparability(snapshot: Mapping[str, Any], baseline: Baseline) -> dict[str, Any]:
     reasons = []
     old = baseline.snapshot
-    if old.get("scoring_schema_version") != snapshot["scoring_schema_version"]:
+    if old.get("scoring_schema_version") != snapshot.get("scoring_schema_version"):
         reasons.append(
-            f"scoring schema {old.get('scoring_schema_version')} -> {snapshot['scoring_schema_version']}"
+            f"scoring schema {old.get('scoring_schema_version')} -> {snapshot.get('scoring_schema_version')}"
         )
-    if old.get("fingerprints", {}).get("settings") != snapshot["fingerprints"]["settings"]:
+    old_fp, new_fp = old.get("fingerprints", {}), snapshot.get("fingerprints", {})
+    if old_fp.get("settings") != new_fp.get("settings"):
         reasons.append("settings changed")
     for key in ("target", "stage", "view", "symbol"):
         if old.get(key) != snapshot.get(key):
             reasons.append(f"{key} differs")
     notes = []
-    if old.get("fingerprints", {}).get("data") != snapshot["fingerprints"]["data"]:
+    if old_fp.get("data") != new_fp.get("data"):
         notes.append("data changed")
-    if old.get("fingerprints", {}).get("featureset") != snapshot["fingerprints"]["featureset"]:
+    if old_fp.get("featureset") != new_fp.get("featureset"):
         notes.append("featureset changed")
     return {
         "comparable": not reasons,
@@ -212,7 +213,7 @@ def build_diff_prev(snapshot: Mapping[str, Any], baseline: Baseline) -> dict[str
             "attempt": baseline.snapshot.get("attempt"),
         },
         "verdict": _comparability(snapshot, baseline),
-        "metrics": diff_flat(baseline.snapshot.get("key_metrics", {}), snapshot["key_metrics"]),
+        "metrics": diff_flat(baseline.snapshot.get("key_metrics", {}), snapshot.get("key_metrics", {})),
         "settings": diff_flat(
             baseline.metadata.get("settings", {}), snapshot.get("settings_values", {})
         ),
@@ -224,7 +225,7 @@ def build_diff_prev(snapshot: Mapping[str, Any], baseline: Baseline) -> dict[str
             "added": sorted(set(new_excl) - set(old_excl)),
             "removed": sorted(set(old_excl) - set(new_excl)),
         },
-        "fingerprints": diff_flat(baseline.snapshot.get("fingerprints", {}), snapshot["fingerprints"]),
+        "fingerprints": diff_flat(baseline.snapshot.get("fingerprints", {}), snapshot.get("fingerprints", {})),
     }
 
 
