@@ -6,7 +6,7 @@ file) configure it; the horizons in the settings decide which per-target assets 
 
 from __future__ import annotations
 
-from dagster import Definitions
+from dagster import Definitions, in_process_executor
 
 from assets import build_assets
 from assets.checks import build_checks
@@ -33,6 +33,9 @@ def build_definitions(
         assets=build_assets(settings),
         asset_checks=build_checks(settings.targets),
         jobs=ALL_JOBS,
+        # The implicit asset job (the UI's Materialize button, asset backfills) uses this
+        # executor; in-process for the reason given in assets/jobs.py.
+        executor=in_process_executor,
         sensors=[data_sensor, attempt_sensor],
         resources={
             "cohortflow": CohortflowResource(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dagster import AssetSelection, define_asset_job, in_process_executor
+from dagster import AssetSelection, define_asset_job, in_process_executor, multiprocess_executor
 
 from assets.partitions import attempt_partitions
 
@@ -22,6 +22,8 @@ cohortflow_parallel_job = define_asset_job(
     "cohortflow_parallel_job",
     selection=AssetSelection.all(),
     partitions_def=attempt_partitions,
+    # explicit: the code location's default executor is in-process (definitions.py)
+    executor_def=multiprocess_executor,
     description="The whole graph with the multiprocess executor: targets run side by side.",
 )
 

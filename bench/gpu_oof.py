@@ -10,7 +10,11 @@ on every side; only ``Settings.device`` changes. Sides:
   (LightGBM ``device_type="cuda"`` needs a LightGBM built with CUDA: the PyPI wheel is
   not, so this side is tried and its error reported);
 * ``mixed``: XGBoost on the GPU, LightGBM on the CPU (2 threads): what the ``device: cuda``
-  setting can give with the PyPI wheels.
+  setting can give with the PyPI wheels;
+* ``opencl``: XGBoost on the GPU, LightGBM ``device_type="gpu"`` (OpenCL, which the PyPI
+  wheel has; not what ``cohortflow/models.py`` asks for);
+* ``xgb-input``: XGBoost alone over the same folds, its input handed over from host memory
+  (numpy) versus already on the GPU (CuPy, what ``cohortflow.oof`` does for ``cuda``).
 
 Each ``generate_oof`` call is timed as a whole, and its base-model fits and predictions
 per model (the module's ``fit_base_model``/``predict_base_model`` wrapped with a timer), so
@@ -39,9 +43,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
+from bench_oof import HORIZON, TARGET, synthetic_panel  # noqa: E402
 
 import cohortflow.oof as oof_mod  # noqa: E402
-from bench_oof import HORIZON, TARGET, synthetic_panel  # noqa: E402
 from cohortflow.models import lightgbm_regressor, make_base_model  # noqa: E402
 from cohortflow.oof import default_fold_plan, generate_oof, labelled_rows  # noqa: E402
 from cohortflow.settings import ModelSettings, Settings  # noqa: E402
@@ -90,13 +94,14 @@ def per_model_seconds() -> Iterator[dict[str, float]]:
 
 
 @contextlib.contextmanager
-def lightgbm_on_cpu(cpu: Settings) -> Iterator[None]:
-    """Build LightGBM with the CPU settings whatever ``Settings.device`` says (mixed side)."""
+def lightgbm_on_cpu(cpu: Settings, device_type: str = "cpu") -> Iterator[None]:
+    """Build LightGBM with the CPU settings (and ``device_type``) whatever ``Settings.device``
+    says (mixed and opencl sides)."""
     make = oof_mod.make_base_model
 
     def mixed(name: str, settings: Settings, n_estimators: int | None = None) -> Any:
         if name == "lightgbm":
-            return lightgbm_regressor(cpu, n_estimators)
+            return lightgbm_regressor(cpu, n_estimators).set_params(device_type=device_type)
         return make(name, settings, n_estimators)
 
     oof_mod.make_base_model = mixed
@@ -151,6 +156,29 @@ def run_side(
     return totals, per_model, result
 
 
+@contextlib.contextmanager
+def host_input() -> Iterator[None]:
+    """Hand XGBoost its input from host memory even on the GPU (the code before CuPy input)."""
+    on_device = oof_mod._on_model_device
+    oof_mod._on_model_device = lambda name, est, x: x
+    try:
+        yield
+    finally:
+        oof_mod._on_model_device = on_device
+
+
+def xgboost_folds(train: Any, features: list[str], plan: Any, settings: Settings) -> float:
+    """Seconds to fit + predict XGBoost over every fold of ``plan`` (no LightGBM)."""
+    x = oof_mod.feature_matrix(train, features)
+    y = train[TARGET].to_numpy(dtype=np.float64)
+    t0 = time.perf_counter()
+    for fold in plan.folds:
+        tr, te = np.asarray(fold.train_idx), np.asarray(fold.test_idx)
+        est = oof_mod.fit_base_model("xgboost", settings, x[tr], y[tr])
+        oof_mod.predict_base_model("xgboost", est, x[te])
+    return time.perf_counter() - t0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=500_000, help="panel rows (200 symbols)")
@@ -159,6 +187,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-repeats", type=int, default=1)
     parser.add_argument("--gpu-repeats", type=int, default=3)
     parser.add_argument("--out", default=None, help="append the report to this file too")
+    parser.add_argument(
+        "--sides", default="cuda,mixed,cpu", help="comma list of cuda,xgb-input,opencl,mixed,cpu"
+    )
     args = parser.parse_args(argv)
     report = Report(args.out)
     for line in machine_lines():
@@ -207,9 +238,22 @@ def main(argv: list[str] | None = None) -> int:
         )
         report("LightGBM device_type='gpu' (OpenCL): ok on the probe (not used below)")
 
-    if lgb_cuda == "ok":
-        t, pm, gpu_res = run_side("cuda", oof(cuda), args.gpu_repeats, report)
+    sides = args.sides.split(",")
+    if "xgb-input" in sides:
+        for label, ctx in (("numpy", host_input), ("cupy", contextlib.nullcontext)):
+            with ctx():
+                seconds = [xgboost_folds(train, features, plan, cuda) for _ in range(2)]
+            report(f"  XGBoost on the GPU, input from {label}: {min(seconds):.2f} s over the folds")
+    if lgb_cuda == "ok" and "cuda" in sides:
+        t, pm, _ = run_side("cuda", oof(cuda), args.gpu_repeats, report)
         results["cuda"] = (t, pm)
+    if "opencl" in sides:
+        try:
+            with lightgbm_on_cpu(cpu, "gpu"):
+                t, pm, _ = run_side("opencl", oof(cuda), args.gpu_repeats, report)
+            results["opencl"] = (t, pm)
+        except Exception as exc:  # no OpenCL runtime: say so and go on
+            report(f"  opencl side failed: {type(exc).__name__}: {str(exc)[:160]}")
     with lightgbm_on_cpu(cpu):
         t, pm, mixed_res = run_side("mixed", oof(cuda), args.gpu_repeats, report)
     results["mixed"] = (t, pm)
@@ -232,11 +276,13 @@ def main(argv: list[str] | None = None) -> int:
         )
     xgb_ratio = results["cpu"][1]["xgboost"] / results["mixed"][1]["xgboost"]
     lgb_note = "cuda" if "cuda" in results else "cpu"
+    opencl = cpu_total / statistics.median(results["opencl"][0]) if "opencl" in results else None
     all_gpu = cpu_total / statistics.median(results["cuda"][0]) if "cuda" in results else None
     report(
         f"oof_gpu_speedup_mixed={cpu_total / statistics.median(results['mixed'][0]):.2f} "
         f"oof_gpu_speedup_xgboost={xgb_ratio:.1f} "
         f"oof_gpu_speedup_all={'n/a' if all_gpu is None else f'{all_gpu:.2f}'} "
+        f"oof_gpu_speedup_lgb_opencl={'n/a' if opencl is None else f'{opencl:.2f}'} "
         f"lightgbm_on={lgb_note} rows={len(train)} features={len(features)}"
     )
     return 0

@@ -8,6 +8,7 @@ they show in the UI; the decision to start attempt n+1 is
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,8 +67,9 @@ def run_universe(
     log(f"universe {', '.join(intake.universe.symbols)} -> batch {batch}")
 
     home = ensure_dagster_home()
+    warnings.filterwarnings("ignore", message=".*resolve_job_def.*")
     defs = build_definitions(data_dir=data_dir, output_root=output_root, settings_path=settings_path)
-    job = defs.get_job_def("cohortflow_job")
+    job = defs.resolve_job_def("cohortflow_job")
     outcomes: list[AttemptOutcome] = []
     with DagsterInstance.get() as instance:
         instance.add_dynamic_partitions(batch_partitions.name, [batch])

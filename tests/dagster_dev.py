@@ -76,13 +76,18 @@ class UiWorkspace:
         return env
 
 
-def make_workspace(tmp: Path, max_concurrent_runs: int = 2) -> UiWorkspace:
-    """A synthetic universe of N_SYMBOLS x N_BARS bars and an empty instance under ``tmp``."""
+def make_workspace(tmp: Path, max_concurrent_runs: int = 2, with_leaks: bool = True) -> UiWorkspace:
+    """A synthetic universe of N_SYMBOLS x N_BARS bars and an empty instance under ``tmp``.
+
+    ``with_leaks=False`` leaves out the planted leaking columns, so attempt 0 finds no
+    leak and ``cohortflow run`` stops after one attempt.
+    """
     from cohortflow import synthetic
 
     ws = UiWorkspace(tmp / "data", tmp / "output", tmp / "dagster_home")
     synthetic.generate(
-        ws.data_dir, fmt="parquet", n_symbols=N_SYMBOLS, n_bars=N_BARS, n_noise=N_NOISE, seed=SEED
+        ws.data_dir, fmt="parquet", n_symbols=N_SYMBOLS, n_bars=N_BARS, n_noise=N_NOISE, seed=SEED,
+        with_leaks=with_leaks,
     )
     ws.output_root.mkdir()
     ws.dagster_home.mkdir()

@@ -7,6 +7,7 @@ with persistence 0 .. 0.95; sig_a_dup is sig_a plus tiny noise (|rho| ~ 0.999).
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 
@@ -123,7 +124,6 @@ def test_featureset_record(selected):
     assert Featureset.from_dict(json.loads(canonical_json(d))) == fs
 
 
-@pytest.mark.slow
 def test_deterministic(panel_frame, selected):
     importances, fs = selected
     again, fs2 = select_features(
@@ -139,6 +139,18 @@ def test_deterministic(panel_frame, selected):
     assert fs2 == fs
     for name, df in importances.items():
         pd.testing.assert_frame_equal(again[name], df, check_exact=True)
+
+
+def test_prune_gives_the_same_featureset_from_importances_read_back_from_csv(panel_frame, selected):
+    importances, fs = selected
+    read_back = {
+        name: pd.read_csv(io.StringIO(df.to_csv(index=False))) for name, df in importances.items()
+    }
+    features = (*FEATURES, "leak_future")
+    again = prune(
+        read_back, panel_frame, features, TARGET, "CROSS_SECTIONAL", None, SETTINGS, {"leak_future"}
+    )
+    assert again == fs
 
 
 def test_symbol_specific_view_on_pure_noise_keeps_one_real_feature(panel_frame):

@@ -92,23 +92,22 @@ class WebDriver:
         missing = [n for n in needles if n not in text]
         raise AssertionError(f"page never showed {missing}; it shows:\n{text[:3000]}")
 
-    def click_text(self, label: str) -> bool:
-        """Click the innermost visible element whose own text is ``label``."""
-        return bool(
-            self.script(
-                """
-                const label = arguments[0];
-                const all = [...document.querySelectorAll('button, a, span, div')];
-                const hit = all.find(e => e.offsetParent !== null && e.textContent.trim() === label
-                    && ![...e.children].some(c => c.textContent.trim() === label));
-                if (!hit) return false;
-                hit.scrollIntoView({block: 'center'});
-                hit.click();
-                return true;
-                """,
-                label,
-            )
-        )
+    def click_xpath(self, xpath: str) -> None:
+        """A real (pointer) click on the first interactable element matching ``xpath``."""
+        found = self.call(f"{self.base}/elements", "POST", {"using": "xpath", "value": xpath})
+        for element in found:
+            element_id = next(iter(element.values()))
+            try:
+                self.call(f"{self.base}/element/{element_id}/click", "POST", {})
+                return
+            except AssertionError:  # hidden or covered: try the next match
+                continue
+        raise AssertionError(f"nothing clickable matches {xpath} ({len(found)} matches)")
+
+    def dismiss_onboarding(self) -> None:
+        """Skip the "Join the Dagster community" dialog a fresh browser profile gets."""
+        if "Join the Dagster community" in self.text():
+            self.click_xpath("//button[normalize-space()='Skip']")
 
     def screenshot(self, name: str) -> Path:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
@@ -167,43 +166,123 @@ def chromium_session() -> Iterator[WebDriver]:
         shutil.rmtree(profile, ignore_errors=True)
 
 
+PLOT_METADATA = """
+query Plot($key: AssetKeyInput!) {
+  assetNodes(assetKeys: [$key]) {
+    assetMaterializations(limit: 1) {
+      partition
+      metadataEntries { label ... on MarkdownMetadataEntry { mdStr } }
+    }
+  }
+}
+"""
+
+# every <img> whose source is an inline PNG, with the text of the dialog that holds it
+INLINE_PNGS = """
+return [...document.images].filter(i => i.src.startsWith('data:image/png;base64,')).map(i => {
+  const box = i.getBoundingClientRect();
+  const dialog = i.closest('[role="dialog"], .bp5-dialog, .bp4-dialog');
+  return {src: i.src, naturalWidth: i.naturalWidth, naturalHeight: i.naturalHeight,
+          width: box.width, height: box.height, dialog: dialog ? dialog.innerText : ''};
+});
+"""
+
+
+def _stored_plot(dev: Any, asset: list[str], label: str) -> tuple[str, str]:
+    """(partition, data URL) of the markdown image ``label`` of the latest materialization."""
+    node = dev.graphql(PLOT_METADATA, {"key": {"path": asset}})["assetNodes"][0]
+    event = node["assetMaterializations"][0]
+    md = next(e["mdStr"] for e in event["metadataEntries"] if e["label"] == label)
+    match = re.fullmatch(r"!\[[^\]]*\]\((data:image/png;base64,[A-Za-z0-9+/=]+)\)", md.strip())
+    assert match, md[:200]
+    return event["partition"], match.group(1)
+
+
 @pytest.mark.slow
 @pytest.mark.browser
-def test_ui_shows_the_graph_the_partitions_and_the_plots(
+def test_ui_shows_the_graph_the_partitions_and_the_plot(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reason = _browser_missing()
     if reason:
         pytest.skip(reason)
+    from assets.partitions import attempt_key
     from cli.runner import run_universe
 
+    # one batch, materialized in-process exactly as `cohortflow run` does
     ws = make_workspace(tmp_path, max_concurrent_runs=1, with_leaks=False)
     for key, value in ws.env().items():
         if key.startswith(("DAGSTER_", "COHORTFLOW_")):
             monkeypatch.setenv(key, value)
     result = run_universe(str(ws.data_dir), str(ws.output_root), str(ws.settings_path))
     batch = result.intake.record.batch
-    attempts = [a.attempt for a in result.attempts]
+    n_attempts = len(result.attempts)
+    last_key = str(attempt_key(batch, result.attempts[-1].attempt))
 
     with dagster_dev(ws, "ui_browser") as dev, chromium_session() as browser:
-        # (1) the asset graph: every group and the assets of the data group
+        # (1) the asset graph: groups first (collapsed), then every group expanded
         browser.get(f"{dev.url}/asset-groups")
-        graph_text = browser.wait_for_text("universe_bars", "feature_panel")
-        browser.screenshot("01_asset_graph.png")
+        text = browser.wait_for_text("Global asset lineage", "feature_selection", "training")
+        browser.dismiss_onboarding()
         for group in ("data", "leakage", "target_ranking", "feature_selection", "training"):
-            assert group in graph_text
+            assert group in text
+        browser.click_xpath("//button[.//*[local-name()='svg' or @class]][last()]") if False else None
+        _expand_all_groups(browser)
+        text = browser.wait_for_text("universe_bars", "feature_panel", "feature_exclusions", "featureset")
+        browser.script("document.activeElement && document.activeElement.blur();")
+        browser.screenshot("01_asset_graph.png")
 
-        # (2) the partitions of one partitioned asset: the batch and attempt keys
+        # (2) the partitions of a partitioned asset: both dimensions' keys, all materialized
         browser.get(f"{dev.url}/assets/fwd_ret_5/oof_dataset?view=partitions")
-        browser.wait_for_text(batch, "universe_batch", "attempt")
+        browser.wait_for_text(batch, f"Materialized ({n_attempts})", "Missing (0)", "Failed (0)")
+        browser.click_xpath(f"//*[text()='{batch}']")
+        browser.wait_for_text(last_key, "Latest materialization", "oof_predictions.parquet")
         browser.screenshot("02_oof_dataset_partitions.png")
-        assert browser.script(
-            "return document.body.innerText.includes(arguments[0]);", f"{len(attempts)}"
-        )
 
-        # (3) the importance plot: a markdown image in the latest materialization's metadata
+        # (3) the importance plot: the markdown image of the latest materialization, shown
+        partition, stored = _stored_plot(dev, ["fwd_ret_5", "feature_importances"], "importance_plot")
+        assert partition == last_key
         browser.get(f"{dev.url}/assets/fwd_ret_5/feature_importances?view=events")
-        browser.wait_for_text("importance_plot")
-        image = _find_data_png(browser)
+        browser.wait_for_text("importance_plot", "top_features", f"Partition {last_key} materialized")
+        assert browser.script(INLINE_PNGS) == []  # markdown is folded until asked for
+        browser.click_xpath(
+            "//tr[.//*[normalize-space(text())='importance_plot']]"
+            "//*[normalize-space(text())='[Show Markdown]']"
+        )
+        images = _wait_for_images(browser)
         browser.screenshot("03_feature_importances_plot.png")
-        assert image["width"] > 100 and image["height"] > 50, image
+        assert len(images) == 1, [i["src"][:60] for i in images]
+        image = images[0]
+        assert "importance_plot" in image["dialog"]
+        assert image["src"] == stored  # the very PNG the asset wrote into its metadata
+        assert image["naturalWidth"] > 400 and image["naturalHeight"] > 150, image
+        assert image["width"] > 400 and image["height"] > 100, image  # laid out, visible
+
+
+def _expand_all_groups(browser: WebDriver) -> None:
+    """The lineage graph starts with groups collapsed; its options menu expands them."""
+    browser.script(
+        """
+        const buttons = [...document.querySelectorAll('button')];
+        window.__cohortflowButtons = buttons.length;
+        """
+    )
+    for _ in range(3):
+        if "Expand all groups" in browser.text():
+            break
+        _open_graph_options(browser)
+    browser.click_xpath("//*[text()='Expand all groups']")
+
+
+def _open_graph_options(browser: WebDriver) -> None:
+    pass
+
+
+def _wait_for_images(browser: WebDriver, timeout_s: float = 30.0) -> list[dict[str, Any]]:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        images = browser.script(INLINE_PNGS)
+        if images and all(i["naturalWidth"] > 0 for i in images):
+            return images
+        time.sleep(0.5)
+    raise AssertionError(f"no inline PNG appeared; the page shows:\n{browser.text()[:2000]}")
