@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from cohortflow import metrics
-from cohortflow.canonical import sha256_hex
+from cohortflow.canonical import normalize, sha256_hex
 from cohortflow.errors import CohortflowError
 from cohortflow.fsio import atomic_write_bytes
 from cohortflow.layout import as_root
@@ -249,14 +249,23 @@ def generate_oof(
         validate_name("model", name)
     per_model = resolve_model_features(models, features, model_features)
     labelled = labelled_rows(train, target, horizon)
+    if plan is None:
+        plan = default_fold_plan(labelled, horizon, settings)
+    fold_of = _check_plan(plan, labelled)
+    # nested tuning: each fold's models are tuned on that fold's training rows only, so no
+    # OOF prediction comes from parameters chosen with its own row; ``params`` (tuned on
+    # the whole training window) is what the stack's refit uses
+    fold_params: dict[int, dict[str, dict]] = {}
     if params is None and settings.tune:
+        for fold in plan.folds:
+            fold_params[fold.fold] = tune_params(
+                labelled.iloc[np.asarray(fold.train_idx)], target, horizon, features, settings,
+                model_features=model_features,
+            )  # fmt: skip
         params = tune_params(
             labelled, target, horizon, features, settings, model_features=model_features
         )
     params = {m: dict((params or {}).get(m, {})) for m in models}
-    if plan is None:
-        plan = default_fold_plan(labelled, horizon, settings)
-    fold_of = _check_plan(plan, labelled)
 
     y = labelled[target].to_numpy(dtype=np.float64)
     x_all = feature_matrix(labelled, features)
@@ -278,7 +287,7 @@ def generate_oof(
             if subset not in cut:
                 cut[subset] = (matrices[subset][tr], matrices[subset][te])
             x_tr, x_te = cut[subset]
-            est = fit_base_model(name, settings, x_tr, y[tr], params[name])
+            est = fit_base_model(name, settings, x_tr, y[tr], fold_params.get(fold.fold, params)[name])
             preds[name][te] = predict_base_model(name, est, x_te)
         log.debug("fold %d: %d train rows, %d test rows", fold.fold, len(tr), len(te))
 
@@ -294,6 +303,10 @@ def generate_oof(
     )
     frame = frame.sort_values(["timestamp", "symbol"], kind="stable").reset_index(drop=True)
     fold_metrics = _fold_metrics(plan, labelled, y, preds, models, fold_of)
+    if fold_params:
+        fold_metrics = tuple(
+            {**m, "params": fold_params[m["fold"]][m["model"]]} for m in fold_metrics
+        )
     log.info("OOF %s: %d rows, %d folds, models %s", target, len(frame), len(plan.folds), models)
     return OOFResult(
         frame=frame,
@@ -499,6 +512,7 @@ def tune_params(
         sampler = optuna.samplers.TPESampler(seed=settings.seed)
         study = optuna.create_study(direction="minimize", sampler=sampler)
         study.optimize(objective, n_trials=settings.tune_trials)
-        out[name] = dict(sorted(study.best_params.items()))
+        # rounded as canonical JSON keeps them: the saved file is exactly what was used
+        out[name] = normalize(dict(sorted(study.best_params.items())))
         log.info("tuned %s for %s: %s", name, target, out[name])
     return out

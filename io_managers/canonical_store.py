@@ -42,7 +42,12 @@ def _write_oof(store: Store, target: str, batch: str, attempt: int, value: Any) 
         "features": {m: list(f) for m, f in value.features.items()},
         "params": dict(value.params),
     }
-    return store.write_oof(scope, value.frame, value.fold_plan.to_dict(), extra)
+    written = store.write_oof(scope, value.frame, value.fold_plan.to_dict(), extra)
+    if value.params:  # tuned hyper-parameters (settings.tune): one JSON in the attempt folder
+        from cohortflow.canonical import canonical_json_bytes
+
+        written += store.write_folder(scope, "tuning", {"tuned_params.json": canonical_json_bytes(dict(value.params))})
+    return written
 
 
 def _read_oof(store: Store, target: str, batch: str, attempt: int) -> Any:
