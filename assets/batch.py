@@ -11,8 +11,8 @@ from dagster import AssetExecutionContext, MetadataValue, asset
 
 from assets.partitions import attempt_partitions, split_key
 from cohortflow.bars import Universe
-from cohortflow.intake import load_registered
 from cohortflow.features import Panel, build_panel
+from cohortflow.intake import load_registered
 from cohortflow.registry import BatchRegistry
 from resources.cohortflow import CohortflowResource
 

@@ -1,17 +1,15 @@
 """Asset checks, one partition at a time. The logic lives in ``cohortflow.validate``."""
 
 import warnings
-
-
 from collections.abc import Callable, Sequence
 
 from dagster import (
     AssetCheckExecutionContext,
-    PreviewWarning,
     AssetCheckResult,
-    AssetCheckSeverity,
     AssetChecksDefinition,
+    AssetCheckSeverity,
     AssetKey,
+    PreviewWarning,
     asset_check,
 )
 

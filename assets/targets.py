@@ -18,6 +18,7 @@ import pandas as pd
 from dagster import AssetExecutionContext, AssetIn, AssetKey, AssetsDefinition, MetadataValue, asset
 
 from assets.partitions import attempt_partitions, split_key
+from cohortflow import plots
 from cohortflow.bars import Universe
 from cohortflow.errors import ArtifactNotFoundError
 from cohortflow.features import Panel, feature_specs
@@ -27,7 +28,6 @@ from cohortflow.ranking import TargetRanking, rank_target, symbols_for_view
 from cohortflow.selection import Featureset, compute_importances, prune
 from cohortflow.snapshots import draft_from_rows
 from cohortflow.store import StageSnapshots, csv_bytes
-from cohortflow import plots
 from resources.cohortflow import CohortflowResource
 
 KIND = "cohortflow/kind"

@@ -28,6 +28,7 @@ class AttemptOutcome:
     seconds: float
     leaks: dict[str, list[str]]  # target -> "feature (reason)" found in this attempt
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    stack_rank_ic: dict[str, float | None] = field(default_factory=dict)  # held-out, per target
 
 
 @dataclass
@@ -50,6 +51,7 @@ def run_universe(
     output_root: str,
     settings_path: str = "",
     log: Callable[[str], None] = lambda m: None,
+    log_level: str = "WARNING",
 ) -> RunResult:
     from dagster import DagsterInstance
 
@@ -63,7 +65,7 @@ def run_universe(
     intake = take_in(data_dir, output_root, settings)
     batch = intake.record.batch
     for skipped in intake.universe.skipped:
-        log(f"left out {skipped.symbol}: {skipped.reason}")
+        log(f"left out {skipped.reason}")
     log(f"universe {', '.join(intake.universe.symbols)} -> batch {batch}")
 
     home = ensure_dagster_home()
@@ -80,6 +82,8 @@ def run_universe(
             t0 = time.perf_counter()
             result = job.execute_in_process(
                 partition_key=attempt_key(batch, attempt),
+                # the step-by-step log is in the UI; the terminal gets warnings and the summary
+                run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
                 instance=instance,
                 tags={"cohortflow/reason": "cohortflow run"},
                 raise_on_error=False,
@@ -95,8 +99,16 @@ def run_universe(
             leaks = {
                 t: [f"{e.feature} ({e.reason})" for e in excl.found_here()] for t, excl in found.items()
             }
+            store = defs.resources["cohortflow"].store()
             outcomes.append(
-                AttemptOutcome(attempt, result.run_id, seconds, leaks, _stage_seconds(instance, result.run_id))
+                AttemptOutcome(
+                    attempt,
+                    result.run_id,
+                    seconds,
+                    leaks,
+                    _stage_seconds(instance, result.run_id),
+                    {t: _stack_rank_ic(store, t, batch, attempt) for t in settings.targets},
+                )
             )
             n_leaks = sum(len(v) for v in leaks.values())
             log(f"attempt {attempt}: {seconds:.1f} s, {n_leaks} leak finding(s)")
@@ -112,6 +124,14 @@ def run_universe(
         folder = Scope(target, "TRAINING", "CROSS_SECTIONAL", batch, last).attempt_dir(store.root)
         evaluation[target] = store.read_json(folder / "evaluation" / "evaluation.json")
     return RunResult(intake, output_root, outcomes, ranking, evaluation, str(home), settings.attempt_limit)
+
+
+def _stack_rank_ic(store: Any, target: str, batch: str, attempt: int) -> float | None:
+    from cohortflow.layout import Scope
+
+    folder = Scope(target, "TRAINING", "CROSS_SECTIONAL", batch, attempt).attempt_dir(store.root)
+    doc = store.read_json(folder / "evaluation" / "evaluation.json")
+    return doc["metrics_from_loaded_model"]["stack"].get("rank_ic")
 
 
 def _stage_seconds(instance: Any, run_id: str) -> dict[str, float]:
@@ -153,7 +173,7 @@ def summary_text(r: RunResult) -> str:
         f"  batch         {r.intake.record.batch}",
     ]
     for k in u.skipped:
-        lines.append(f"  left out      {k.symbol}: {k.reason}")
+        lines.append(f"  left out      {k.reason}")
     lines.append(f"  attempts      {len(r.attempts)} (limit {r.attempt_limit})")
     for a in r.attempts:
         found = "; ".join(f"{t}: {', '.join(v)}" for t, v in a.leaks.items() if v) or "no leak"
@@ -161,6 +181,8 @@ def summary_text(r: RunResult) -> str:
         lines.append(f"    attempt {a.attempt}: {a.seconds:.1f} s, {found}")
         if stages:
             lines.append(f"               stages: {stages}")
+        ics = ", ".join(f"{t} {_fmt(v)}" for t, v in a.stack_rank_ic.items())
+        lines.append(f"               stack rank IC on the held-out period: {ics}")
     lines.append(f"  targets ranked (attempt {r.attempts[-1].attempt}):")
     cols = [c for c in ("rank", "target", "score") if c in r.ranking.columns]
     extra = [c for c in r.ranking.columns if c.endswith(("rank_ic", "icir")) and c.startswith("lightgbm")][:2]

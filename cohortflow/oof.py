@@ -371,9 +371,12 @@ def _arrow_column(name: str, values: pd.Series) -> tuple[pa.Field, pa.Array]:
         arr = values.to_numpy(dtype="datetime64[ns]")
         return pa.field(name, pa.timestamp("ns"), nullable=False), pa.array(arr, pa.timestamp("ns"))
     if name == "symbol":
-        return pa.field(name, pa.string(), nullable=False), pa.array(
-            values.astype(str).tolist(), pa.string()
-        )
+        # pandas' string array hands over its Arrow buffers: no Python str per row (a list
+        # of a million symbols cost more than the whole Parquet encoding)
+        arr = pa.array(values.astype(str), pa.string())
+        if isinstance(arr, pa.ChunkedArray):
+            arr = arr.combine_chunks()
+        return pa.field(name, pa.string(), nullable=False), arr
     if name == "fold":
         return pa.field(name, pa.int32(), nullable=False), pa.array(values.to_numpy(dtype=np.int32))
     arr = values.to_numpy(dtype=np.float64)

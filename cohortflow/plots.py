@@ -22,7 +22,7 @@ _STYLE = {"figure.dpi": 90, "font.size": 8, "axes.spines.top": False, "axes.spin
 def _png(fig) -> bytes:
     buf = io.BytesIO()
     # no timestamps in the PNG: the same plot gives the same bytes
-    fig.savefig(buf, format="png", bbox_inches="tight", metadata={"Software": None})
+    fig.savefig(buf, format="png", metadata={"Software": None})
     plt.close(fig)
     return buf.getvalue()
 
@@ -36,7 +36,9 @@ def importance_bars(by_model: Mapping[str, pd.DataFrame], title: str, top: int =
     models = [m for m in ("lightgbm", "xgboost", "permutation", "combined") if m in by_model]
     models += [m for m in sorted(by_model) if m not in models]
     with plt.rc_context(_STYLE):
-        fig, axes = plt.subplots(1, len(models), figsize=(3.0 * len(models), 3.6), squeeze=False)
+        fig, axes = plt.subplots(
+            1, len(models), figsize=(3.8 * len(models), 3.6), squeeze=False, layout="constrained"
+        )
         for ax, model in zip(axes[0], models, strict=True):
             frame = by_model[model].head(top).iloc[::-1]
             ax.barh(frame["feature"], frame["share"], color="#4c72b0")
@@ -48,7 +50,7 @@ def importance_bars(by_model: Mapping[str, pd.DataFrame], title: str, top: int =
 
 def bar_chart(labels: Sequence[str], values: Sequence[float], title: str, ylabel: str) -> bytes:
     with plt.rc_context(_STYLE):
-        fig, ax = plt.subplots(figsize=(max(3.0, 0.8 * len(labels) + 1.5), 2.8))
+        fig, ax = plt.subplots(figsize=(max(3.0, 0.8 * len(labels) + 1.5), 2.8), layout="constrained")
         colors = ["#55a868" if v >= 0 else "#c44e52" for v in values]
         ax.bar(list(labels), list(values), color=colors)
         ax.axhline(0, color="black", linewidth=0.6)
@@ -61,7 +63,8 @@ def bar_chart(labels: Sequence[str], values: Sequence[float], title: str, ylabel
 def grouped_bars(table: pd.DataFrame, title: str, ylabel: str) -> bytes:
     """``table``: index = groups (x axis), columns = series."""
     with plt.rc_context(_STYLE):
-        fig, ax = plt.subplots(figsize=(max(3.5, 0.9 * len(table) * max(1, len(table.columns)) / 2 + 2), 3.0))
+        width = max(3.5, 0.9 * len(table) * max(1, len(table.columns)) / 2 + 2)
+        fig, ax = plt.subplots(figsize=(width, 3.0), layout="constrained")
         table.plot.bar(ax=ax, rot=0, width=0.8)
         ax.axhline(0, color="black", linewidth=0.6)
         ax.set_title(title)

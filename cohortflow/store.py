@@ -315,7 +315,9 @@ class Store:
 
     # ---------------------------------------------------------------- OOF
     def write_oof(self, scope: Scope, frame: pd.DataFrame, fold_plan: Mapping, extra: Mapping[str, Any] | None = None) -> list[WrittenFile]:
-        from cohortflow.oof import parquet_bytes as oof_parquet_bytes  # fixed schema, no pandas metadata
+        from cohortflow.oof import (
+            parquet_bytes as oof_parquet_bytes,  # fixed schema, no pandas metadata
+        )
 
         with self.lock(scope):
             self._begin_attempt_write(scope)

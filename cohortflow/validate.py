@@ -49,8 +49,9 @@ def importances_schema(store: Store, target: str, batch: str, attempt: int) -> V
         for model, frame in models.items():
             n += 1
             where = f"{scope.attempt_relpath()}/feature_importances/{model}_importances.csv"
-            if list(frame.columns) != IMPORTANCE_COLUMNS:
-                problems.append(f"{where}: columns {list(frame.columns)} != {IMPORTANCE_COLUMNS}")
+            # the four documented columns first; a model may add its own (permutation: t_stat)
+            if list(frame.columns)[: len(IMPORTANCE_COLUMNS)] != IMPORTANCE_COLUMNS:
+                problems.append(f"{where}: columns {list(frame.columns)} do not start with {IMPORTANCE_COLUMNS}")
                 continue
             if frame["feature"].duplicated().any():
                 problems.append(f"{where}: duplicate features")

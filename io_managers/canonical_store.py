@@ -159,8 +159,7 @@ class CanonicalStoreIOManager(ConfigurableIOManager):
         writer, _ = ATTEMPT_KINDS[kind]
         return writer(store, _target(context.asset_key.path), batch, attempt, obj)
 
-    @staticmethod
-    def _metadata(written: list[WrittenFile]) -> dict[str, Any]:
+    def _metadata(self, written: list[WrittenFile]) -> dict[str, Any]:
         if not written:
             return {"files": 0}
         main = max(written, key=lambda w: (w.rows is not None, w.size))
@@ -168,7 +167,7 @@ class CanonicalStoreIOManager(ConfigurableIOManager):
             f"| `{w.relpath}` | {w.size:,} | `{w.sha256[:12]}` |" for w in sorted(written, key=lambda w: w.relpath)
         )
         meta: dict[str, Any] = {
-            "path": MetadataValue.path(main.relpath),
+            "path": MetadataValue.path(str(self.store().root / main.relpath)),
             "sha256": main.sha256,
             "files": len(written),
             "bytes": sum(w.size for w in written),

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from dagster import ConfigurableResource
+
+from dagster import ConfigurableResource, DefaultSensorStatus
 from pydantic import PrivateAttr
 
 from cohortflow.settings import Settings, load_settings
@@ -19,6 +20,14 @@ def default_data_dir() -> str:
 
 def default_output_root() -> str:
     return os.environ.get("COHORTFLOW_OUTPUT_ROOT", DEFAULT_OUTPUT_ROOT)
+
+
+def default_sensor_status() -> DefaultSensorStatus:
+    """Sensors run as soon as the daemon does (``make ui``); ``COHORTFLOW_SENSORS=stopped``
+    leaves them off, e.g. for tests that drive runs themselves."""
+    if os.environ.get("COHORTFLOW_SENSORS", "running").lower() == "stopped":
+        return DefaultSensorStatus.STOPPED
+    return DefaultSensorStatus.RUNNING
 
 
 def default_settings_path() -> str:

@@ -14,7 +14,7 @@ from assets.jobs import cohortflow_job
 from assets.partitions import attempt_dim_partitions, attempt_key, split_key
 from cohortflow.errors import ArtifactNotFoundError
 from cohortflow.intake import decide_next_attempt
-from resources.cohortflow import CohortflowResource
+from resources.cohortflow import CohortflowResource, default_sensor_status
 
 PARTITION_TAG = "dagster/partition"
 
@@ -30,6 +30,7 @@ def exclusions_of(store, targets, batch: str, attempt: int) -> dict:
 @run_status_sensor(
     run_status=DagsterRunStatus.SUCCESS,
     request_job=cohortflow_job,
+    default_status=default_sensor_status(),
     minimum_interval_seconds=15,
     description="After a successful run of attempt n: if any target found leaks and the "
     "attempt limit allows, add attempt n+1 and run it without them.",

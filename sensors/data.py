@@ -10,11 +10,12 @@ from assets.jobs import cohortflow_job
 from assets.partitions import attempt_dim_partitions, attempt_key, batch_partitions
 from cohortflow.errors import CohortflowError
 from cohortflow.intake import attempts_on_disk, folder_signature, take_in
-from resources.cohortflow import CohortflowResource
+from resources.cohortflow import CohortflowResource, default_sensor_status
 
 
 @sensor(
     job=cohortflow_job,
+    default_status=default_sensor_status(),
     minimum_interval_seconds=30,
     description="Watches the data folder: registers each new universe as a batch partition "
     "and runs attempt 0; re-runs the latest attempt when a known universe's files change.",

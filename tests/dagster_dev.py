@@ -23,7 +23,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,9 +33,8 @@ FAST_SETTINGS = REPO / "config" / "fast.yaml"
 DAGSTER = Path(sys.executable).with_name("dagster")
 TEST_OUTPUT = REPO / "test-output"
 
-# 4 symbols x 400 bars (SYN01 and SYN03 start later: 334 and 267 rows): the smallest
-# universe that keeps every symbol above fast.yaml's min_rows=200 and leaves room for
-# 3 purged folds plus a held-out period.
+# 4 symbols x 400 bars: small, and every symbol stays above fast.yaml's min_rows=200
+# (SYN01 and SYN03 start later: 334 and 267 rows).
 N_SYMBOLS = 4
 N_BARS = 400
 N_NOISE = 3
@@ -44,6 +43,9 @@ SEED = 11
 INSTANCE_YAML = """\
 # written by tests/dagster_dev.py for one UI test
 telemetry:
+  enabled: false
+# no "Join the Dagster community" dialog over the pages the browser test looks at
+nux:
   enabled: false
 # QueuedRunCoordinator settings: look at the queue every second instead of every 5 s
 run_queue:
@@ -72,6 +74,8 @@ class UiWorkspace:
             COHORTFLOW_OUTPUT_ROOT=str(self.output_root),
             COHORTFLOW_SETTINGS=str(self.settings_path),
             PYTHONUNBUFFERED="1",
+            # the tests drive runs themselves; a data sensor would start duplicates
+            COHORTFLOW_SENSORS="stopped",
         )
         return env
 
@@ -79,14 +83,19 @@ class UiWorkspace:
 def make_workspace(tmp: Path, max_concurrent_runs: int = 2, with_leaks: bool = True) -> UiWorkspace:
     """A synthetic universe of N_SYMBOLS x N_BARS bars and an empty instance under ``tmp``.
 
-    ``with_leaks=False`` leaves out the planted leaking columns, so attempt 0 finds no
-    leak and ``cohortflow run`` stops after one attempt.
+    ``with_leaks=False`` leaves out the planted leaking columns, so attempt 0 normally
+    finds no leak and ``cohortflow run`` stops after one attempt.
     """
     from cohortflow import synthetic
 
     ws = UiWorkspace(tmp / "data", tmp / "output", tmp / "dagster_home")
     synthetic.generate(
-        ws.data_dir, fmt="parquet", n_symbols=N_SYMBOLS, n_bars=N_BARS, n_noise=N_NOISE, seed=SEED,
+        ws.data_dir,
+        fmt="parquet",
+        n_symbols=N_SYMBOLS,
+        n_bars=N_BARS,
+        n_noise=N_NOISE,
+        seed=SEED,
         with_leaks=with_leaks,
     )
     ws.output_root.mkdir()
@@ -184,7 +193,10 @@ class DagsterDev:
                     loc = entry.get("locationOrLoadError") or {}
                     if loc.get("__typename") == "PythonError":
                         raise AssertionError(f"code location failed to load: {loc['message']}")
-                    if entry["loadStatus"] == "LOADED" and loc.get("__typename") == "RepositoryLocation":
+                    if (
+                        entry["loadStatus"] == "LOADED"
+                        and loc.get("__typename") == "RepositoryLocation"
+                    ):
                         return time.monotonic() - t0
                 last = json.dumps(entries)
             time.sleep(1.0)
@@ -193,28 +205,29 @@ class DagsterDev:
         )
 
     def stop(self, grace_s: float = 30.0) -> None:
-        """SIGTERM the whole process group, SIGKILL what is left after ``grace_s``."""
-        pgid = self.process.pid  # start_new_session: the leader's pid is the group id
-        _signal_group(pgid, signal.SIGTERM)
-        try:
-            self.process.wait(timeout=grace_s)
-        except subprocess.TimeoutExpired:
-            pass
-        # dagster dev may exit before its run workers do: make sure the group is gone
-        deadline = time.monotonic() + grace_s
-        while _group_alive(pgid) and time.monotonic() < deadline:
-            time.sleep(0.5)
-        if _group_alive(pgid):
-            _signal_group(pgid, signal.SIGKILL)
-        if self.process.poll() is None:
-            self.process.wait(timeout=10)
+        stop_group(self.process, grace_s)
+
+
+def stop_group(process: subprocess.Popen[bytes], grace_s: float = 30.0) -> None:
+    """End a process started with ``start_new_session=True`` and everything in its group:
+    SIGTERM, then SIGKILL for whatever is left after ``grace_s`` (children included)."""
+    pgid = process.pid  # a session leader's pid is its group id
+    _signal_group(pgid, signal.SIGTERM)
+    with suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=grace_s)
+    # the leader may exit before its children (run workers, Chromium helpers) do
+    deadline = time.monotonic() + grace_s
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if _group_alive(pgid):
+        _signal_group(pgid, signal.SIGKILL)
+    if process.poll() is None:
+        process.wait(timeout=10)
 
 
 def _signal_group(pgid: int, sig: int) -> None:
-    try:
+    with suppress(ProcessLookupError):
         os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _group_alive(pgid: int) -> bool:
@@ -242,7 +255,9 @@ query {
 
 
 @contextmanager
-def dagster_dev(ws: UiWorkspace, log_name: str, ready_timeout_s: float = 300.0) -> Iterator[DagsterDev]:
+def dagster_dev(
+    ws: UiWorkspace, log_name: str, ready_timeout_s: float = 300.0
+) -> Iterator[DagsterDev]:
     """``dagster dev -w workspace.yaml`` on a free port of 127.0.0.1, stopped on exit."""
     port = free_port()
     log_path = ws.dagster_home / f"{log_name}.log"

@@ -8,7 +8,6 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
-import pytest
 from dagster import DagsterInstance, build_sensor_context, instance_for_test
 
 from assets.partitions import attempt_key

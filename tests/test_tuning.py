@@ -12,7 +12,7 @@ optuna = pytest.importorskip("optuna")
 from cohortflow.layout import Scope  # noqa: E402
 from cohortflow.oof import SEARCH_SPACES, generate_oof  # noqa: E402
 from cohortflow.store import Store  # noqa: E402
-from tests.test_oof import FEATURES, H, TARGET, make_panel, small_settings  # noqa: E402
+from tests.test_oof import FEATURES, TARGET, H, make_panel, small_settings  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -16,8 +16,14 @@ from typing import Any
 
 import pandas as pd
 import pytest
-
-from dagster_dev import TEST_OUTPUT, DagsterDev, add_partitions, dagster_dev, make_workspace, register_batches
+from dagster_dev import (
+    TEST_OUTPUT,
+    DagsterDev,
+    add_partitions,
+    dagster_dev,
+    make_workspace,
+    register_batches,
+)
 
 SYMBOLS = ("SYN00", "SYN01", "SYN02", "SYN03")
 SUBSETS = (SYMBOLS, ("SYN00", "SYN01", "SYN02"), ("SYN00", "SYN02"))
@@ -85,8 +91,9 @@ query Failures($runId: ID!) {
 
 def _expected_asset_keys() -> set[str]:
     """The asset keys of the code location built with the test settings, in-process."""
-    from definitions import build_definitions
     from dagster_dev import FAST_SETTINGS
+
+    from definitions import build_definitions
 
     defs = build_definitions("unused-data", "unused-output", str(FAST_SETTINGS))
     return {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
@@ -111,7 +118,9 @@ def _failures(dev: DagsterDev, runs: list[dict[str, Any]]) -> str:
         events = dev.graphql(STEP_FAILURES, {"runId": run["runId"]})["runOrError"]
         for e in events["eventConnection"]["events"]:
             if e["__typename"] == "ExecutionStepFailureEvent":
-                lines.append(f"run {run['runId'][:8]} {e['stepKey']}: {e['error']['message'][:600]}")
+                lines.append(
+                    f"run {run['runId'][:8]} {e['stepKey']}: {e['error']['message'][:600]}"
+                )
     return "\n".join(lines) or "no step failure recorded"
 
 
@@ -134,7 +143,9 @@ def _wait_for_backfill(dev: DagsterDev, backfill_id: str, partitions: list[str])
         time.sleep(5)
 
 
-def _attempt_dir(root: Path, target: str, stage: str, batch: str, symbol: str | None = None) -> Path:
+def _attempt_dir(
+    root: Path, target: str, stage: str, batch: str, symbol: str | None = None
+) -> Path:
     """DESIGN §2, spelled out here on purpose (not via cohortflow.layout)."""
     view = f"SYMBOL_SPECIFIC/symbol={symbol}" if symbol else "CROSS_SECTIONAL"
     return root / f"targets/{target}/reproducibility/stage={stage}/{view}/batch_{batch}/attempt_0"
@@ -149,7 +160,10 @@ def _assert_canonical_tree(root: Path, batch: str, symbols: tuple[str, ...]) -> 
     assert ranking["rank"].tolist() == [1, 2]
     for target in TARGETS:
         for stage in STAGES:
-            assert (_attempt_dir(root, target, stage, batch) / "_COMPLETE").is_file(), (target, stage)
+            assert (_attempt_dir(root, target, stage, batch) / "_COMPLETE").is_file(), (
+                target,
+                stage,
+            )
         ranking_dir = _attempt_dir(root, target, "TARGET_RANKING", batch)
         assert (ranking_dir / f"feature_exclusions/{target}_exclusions.yaml").is_file()
         selection_dir = _attempt_dir(root, target, "FEATURE_SELECTION", batch)

@@ -11,22 +11,20 @@ from __future__ import annotations
 
 import base64
 import json
-import os
+import re
 import shutil
-import signal
 import subprocess
 import tempfile
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from dagster_dev import TEST_OUTPUT, dagster_dev, free_port, make_workspace
+from dagster_dev import TEST_OUTPUT, dagster_dev, free_port, make_workspace, stop_group
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -41,7 +39,7 @@ CHROMIUM_FLAGS = [
     "--disable-component-update",
     "--disable-sync",
     "--disable-dev-shm-usage",
-    "--window-size=1600,1000",
+    "--window-size=1920,1080",
 ]
 PAGE_TIMEOUT_S = 120.0  # the UI's first GraphQL answers are slow on 2 shared cores
 
@@ -104,11 +102,6 @@ class WebDriver:
                 continue
         raise AssertionError(f"nothing clickable matches {xpath} ({len(found)} matches)")
 
-    def dismiss_onboarding(self) -> None:
-        """Skip the "Join the Dagster community" dialog a fresh browser profile gets."""
-        if "Join the Dagster community" in self.text():
-            self.click_xpath("//button[normalize-space()='Skip']")
-
     def screenshot(self, name: str) -> Path:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
         path = SCREENSHOTS / name
@@ -149,20 +142,11 @@ def chromium_session() -> Iterator[WebDriver]:
         try:
             yield browser
         finally:
-            try:
+            with suppress(AssertionError, urllib.error.URLError):
                 WebDriver.call(browser.base, "DELETE")
-            except (AssertionError, urllib.error.URLError):
-                pass
     finally:
         # chromedriver leads its own group: Chromium and its helpers go with it
-        try:
-            os.killpg(driver.pid, signal.SIGTERM)
-            driver.wait(timeout=15)
-        except (ProcessLookupError, subprocess.TimeoutExpired):
-            try:
-                os.killpg(driver.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        stop_group(driver, grace_s=15)
         shutil.rmtree(profile, ignore_errors=True)
 
 
@@ -220,62 +204,72 @@ def test_ui_shows_the_graph_the_partitions_and_the_plot(
     last_key = str(attempt_key(batch, result.attempts[-1].attempt))
 
     with dagster_dev(ws, "ui_browser") as dev, chromium_session() as browser:
-        # (1) the asset graph: groups first (collapsed), then every group expanded
-        browser.get(f"{dev.url}/asset-groups")
-        text = browser.wait_for_text("Global asset lineage", "feature_selection", "training")
-        browser.dismiss_onboarding()
-        for group in ("data", "leakage", "target_ranking", "feature_selection", "training"):
-            assert group in text
-        browser.click_xpath("//button[.//*[local-name()='svg' or @class]][last()]") if False else None
-        _expand_all_groups(browser)
-        text = browser.wait_for_text("universe_bars", "feature_panel", "feature_exclusions", "featureset")
-        browser.script("document.activeElement && document.activeElement.blur();")
-        browser.screenshot("01_asset_graph.png")
+        try:
+            _look_at_the_ui(dev, browser, batch, n_attempts, last_key)
+        except BaseException:
+            browser.screenshot("failure.png")  # what the page showed when it failed
+            raise
 
-        # (2) the partitions of a partitioned asset: both dimensions' keys, all materialized
-        browser.get(f"{dev.url}/assets/fwd_ret_5/oof_dataset?view=partitions")
-        browser.wait_for_text(batch, f"Materialized ({n_attempts})", "Missing (0)", "Failed (0)")
-        browser.click_xpath(f"//*[text()='{batch}']")
-        browser.wait_for_text(last_key, "Latest materialization", "oof_predictions.parquet")
-        browser.screenshot("02_oof_dataset_partitions.png")
 
-        # (3) the importance plot: the markdown image of the latest materialization, shown
-        partition, stored = _stored_plot(dev, ["fwd_ret_5", "feature_importances"], "importance_plot")
-        assert partition == last_key
-        browser.get(f"{dev.url}/assets/fwd_ret_5/feature_importances?view=events")
-        browser.wait_for_text("importance_plot", "top_features", f"Partition {last_key} materialized")
-        assert browser.script(INLINE_PNGS) == []  # markdown is folded until asked for
-        browser.click_xpath(
-            "//tr[.//*[normalize-space(text())='importance_plot']]"
-            "//*[normalize-space(text())='[Show Markdown]']"
-        )
-        images = _wait_for_images(browser)
-        browser.screenshot("03_feature_importances_plot.png")
-        assert len(images) == 1, [i["src"][:60] for i in images]
-        image = images[0]
-        assert "importance_plot" in image["dialog"]
-        assert image["src"] == stored  # the very PNG the asset wrote into its metadata
-        assert image["naturalWidth"] > 400 and image["naturalHeight"] > 150, image
-        assert image["width"] > 400 and image["height"] > 100, image  # laid out, visible
+def _look_at_the_ui(
+    dev: Any, browser: WebDriver, batch: str, n_attempts: int, last_key: str
+) -> None:
+    # (1) the asset graph: groups first (collapsed), then every group expanded
+    browser.get(f"{dev.url}/asset-groups")
+    text = browser.wait_for_text("Global asset lineage", "feature_selection", "training")
+    for group in ("data", "leakage", "target_ranking", "feature_selection", "training"):
+        assert group in text
+    _expand_all_groups(browser)
+    browser.wait_for_text("universe_bars", "feature_panel", "feature_exclusions", "featureset")
+    time.sleep(3)  # cosmetic: let the nodes' materialization colours arrive before the picture
+    browser.screenshot("01_asset_graph.png")
+
+    # (2) the partitions of a partitioned asset: both dimensions' keys, all materialized
+    browser.get(f"{dev.url}/assets/fwd_ret_5/oof_dataset?view=partitions")
+    browser.wait_for_text(batch, f"Materialized ({n_attempts})", "Missing (0)", "Failed (0)")
+    browser.click_xpath(f"//*[text()='{batch}']")
+    browser.wait_for_text(last_key, "Latest materialization", "oof_predictions.parquet")
+    browser.screenshot("02_oof_dataset_partitions.png")
+
+    # (3) the importance plot: the markdown image of the latest materialization, shown
+    partition, stored = _stored_plot(dev, ["fwd_ret_5", "feature_importances"], "importance_plot")
+    assert partition == last_key
+    browser.get(f"{dev.url}/assets/fwd_ret_5/feature_importances?view=events")
+    browser.wait_for_text("importance_plot", "top_features", f"Partition {last_key} materialized")
+    assert browser.script(INLINE_PNGS) == []  # markdown is folded until asked for
+    browser.click_xpath(
+        "//tr[.//*[normalize-space(text())='importance_plot']]"
+        "//*[normalize-space(text())='[Show Markdown]']"
+    )
+    images = _wait_for_images(browser)
+    browser.screenshot("03_feature_importances_plot.png")
+    assert len(images) == 1, [i["src"][:60] for i in images]
+    image = images[0]
+    assert "importance_plot" in image["dialog"]
+    assert image["src"] == stored  # the very PNG the asset wrote into its metadata
+    assert image["naturalWidth"] > 400 and image["naturalHeight"] > 150, image
+    assert image["width"] > 400 and image["height"] > 100, image  # laid out, visible
 
 
 def _expand_all_groups(browser: WebDriver) -> None:
-    """The lineage graph starts with groups collapsed; its options menu expands them."""
-    browser.script(
-        """
-        const buttons = [...document.querySelectorAll('button')];
-        window.__cohortflowButtons = buttons.length;
-        """
-    )
-    for _ in range(3):
-        if "Expand all groups" in browser.text():
-            break
-        _open_graph_options(browser)
-    browser.click_xpath("//*[text()='Expand all groups']")
-
-
-def _open_graph_options(browser: WebDriver) -> None:
-    pass
+    """The lineage graph starts with its groups collapsed; its options menu (the unlabelled
+    gear button under the zoom buttons) expands them all."""
+    toggle_menu = """
+        const gear = [...document.querySelectorAll('button')].find(b => !b.textContent.trim() &&
+          [...b.querySelectorAll('*')].some(i => (getComputedStyle(i).maskImage || '').includes('/settings.')));
+        if (!gear) return false;
+        gear.click();
+        return true;
+    """
+    assert browser.script(toggle_menu), "the lineage graph has no options button"
+    text = browser.wait_for_text("all groups", timeout_s=20)
+    if "Expand all groups" in text:
+        browser.click_xpath("//*[text()='Expand all groups']")
+    if "all groups" in browser.text():  # the menu stays open after a click: close it
+        browser.script(toggle_menu)
+    t0 = time.monotonic()
+    while "all groups" in browser.text() and time.monotonic() - t0 < 10:
+        time.sleep(0.3)
 
 
 def _wait_for_images(browser: WebDriver, timeout_s: float = 30.0) -> list[dict[str, Any]]:

@@ -1,0 +1,573 @@
+"""All benchmarks of ``make bench``, each comparison run in this one process, both sides on
+the same data, folds and model settings.
+
+    python bench/run.py                 # full (tens of minutes on 2 shared cores)
+    BENCH_QUICK=1 python bench/run.py   # small sizes, under two minutes on 2 cores
+
+Measures:
+
+* ``graph_overhead`` = wall time of the whole graph (one attempt, ``cohortflow_job``
+  executed in process for one partition, through :func:`cli.runner.run_universe` as the
+  ``cohortflow run`` command does) / wall time of :func:`bare_graph`, which calls the same
+  core functions in the same order with no Dagster and no store (goal <= 1.10);
+* ``oof_overhead`` and ``stack_speedup``: ``bench/bench_oof.py``'s measurements;
+* ``store_write_ratio`` = bare pyarrow write time / time of ``Store.write_oof`` (the IO
+  manager's path) for the same OOF frame (goal >= 0.9); ``store_write_ratio_durable``
+  gives the bare side the fsync the store's atomic writes do;
+* ``lookup_ms`` / ``list_ms``: ``bench/bench_index.py`` on 100,000 cohorts (5,000 quick).
+
+Times are medians of repeats, sides alternating; the machine (cores, CPU model, load,
+versions) is printed. The table and the last line (``key=value`` pairs) also go to
+``bench/results/bench_{time}.txt`` and ``bench/results/latest.txt``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import yaml  # noqa: E402
+
+from cohortflow.settings import Settings, load_settings  # noqa: E402
+
+RESULTS = REPO / "bench" / "results"
+STAGES = ("data", "leakage", "target_ranking", "feature_selection", "training")
+PACKAGES = ("dagster", "pandas", "numpy", "pyarrow", "lightgbm", "xgboost", "scikit-learn")
+
+
+# --------------------------------------------------------------------------- machine
+def machine_info() -> dict[str, str]:
+    """Cores, CPU model, load, Python and package versions: what the numbers ran on."""
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    info = {
+        "cores": str(usable),
+        "cpu": cpu,
+        "load_1m": f"{os.getloadavg()[0]:.2f}",
+        "python": platform.python_version(),
+    }
+    for name in PACKAGES:
+        with contextlib.suppress(metadata.PackageNotFoundError):
+            info[name] = metadata.version(name)
+    return info
+
+
+# --------------------------------------------------------------------------- timing
+def median_s(samples: list[float]) -> float:
+    return statistics.median(samples) if samples else float("nan")
+
+
+def alternate(
+    sides: Mapping[str, Callable[[], Any]], repeats: int, warmup: bool = True
+) -> dict[str, list[float]]:
+    """Wall seconds of each side, ``repeats`` times, the order flipped every repeat (so load
+    drifts on a shared machine hit both sides alike); one untimed warm-up each first."""
+    names = list(sides)
+    if warmup:
+        for name in names:
+            sides[name]()
+    out: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(repeats):
+        for name in names if r % 2 == 0 else names[::-1]:
+            t0 = time.perf_counter()
+            sides[name]()
+            out[name].append(time.perf_counter() - t0)
+    return out
+
+
+def last_line_pairs(text: str) -> dict[str, str]:
+    """The ``key=value`` pairs of the last non-empty line of a colleague script's output."""
+    line = [ln for ln in text.splitlines() if ln.strip()][-1]
+    return dict(item.split("=", 1) for item in line.split() if "=" in item)
+
+
+def captured(fn: Callable[[], Any]) -> str:
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        fn()
+    return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- the graph
+@dataclass(frozen=True)
+class GraphCase:
+    """A synthetic universe and the settings both sides of graph_overhead run it with."""
+
+    n_symbols: int
+    n_bars: int
+    n_noise: int
+    settings: dict[str, Any]  # over config/default.yaml; attempt_limit is forced to 1
+
+    def describe(self) -> str:
+        return (
+            f"{self.n_symbols} symbols x {self.n_bars} bars, {self.n_noise + 2} user features "
+            f"(synthetic, no planted leaks), settings {self.settings}"
+        )
+
+
+def write_case(case: GraphCase, folder: Path) -> tuple[Path, Path, Settings]:
+    """The case's bar files and settings YAML under ``folder``."""
+    from cohortflow.synthetic import generate
+
+    data_dir = folder / "data"
+    generate(
+        data_dir,
+        n_symbols=case.n_symbols,
+        n_bars=case.n_bars,
+        n_noise=case.n_noise,
+        with_leaks=False,
+    )
+    raw = yaml.safe_load((REPO / "config" / "default.yaml").read_text()) or {}
+    raw.update(case.settings)
+    raw["attempt_limit"] = 1
+    settings_path = folder / "settings.yaml"
+    settings_path.write_text(yaml.safe_dump(raw))
+    return data_dir, settings_path, load_settings(settings_path)
+
+
+def bare_graph(
+    data_dir: str | Path,
+    settings: Settings,
+    attempt: int = 0,
+    on_lap: Callable[[str], None] | None = None,
+) -> dict[str, float]:
+    """The computations of one attempt of the graph with no Dagster and no store: the same
+    core calls as the asset bodies (assets/), in their order, stage by stage.
+
+    Included: loading and validating the bars, the feature panel, leak detection, target
+    ranking (both views), importances and pruning (both views), OOF, the stack (meta-learner,
+    refit, held-out scoring) and every cohort draft (fingerprints, data profiles). Left
+    out, because they are what the graph adds: artifact files, cohort finalisation
+    (manifests, diffs, the index), the registry, plots and the evaluation's reload of the
+    saved stack. Returns wall seconds per stage (the stages of ``cli.runner._stage_of``);
+    ``on_lap(stage)`` is called as each piece of a stage ends (stages repeat per target).
+    """
+    from cohortflow.bars import load_universe
+    from cohortflow.features import build_panel, feature_specs
+    from cohortflow.layout import Scope
+    from cohortflow.leakage import detect_leaks
+    from cohortflow.oof import generate_oof
+    from cohortflow.ranking import rank_target, symbols_for_view
+    from cohortflow.selection import compute_importances, prune
+    from cohortflow.snapshots import draft_from_rows
+    from cohortflow.stacking import fit_stacking, split_train_test
+
+    seconds = dict.fromkeys(STAGES, 0.0)
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        seconds[stage] += now - clock
+        if on_lap is not None:
+            on_lap(stage)
+        clock = time.perf_counter()
+
+    universe = load_universe(data_dir, settings)
+    panel = build_panel(universe, settings)
+    frame = panel.frame
+    hashes = {f.symbol: f.sha256 for f in universe.files}
+    fp = settings.fingerprint_fields()
+    lap("data")
+    common = set.intersection(*(set(b.columns) for b in universe.bars.values()))
+    specs = [s for s in feature_specs(common, settings) if s.name in panel.computed]
+
+    def rows_of(target: str, symbol: str | None) -> pd.DataFrame:
+        rows = frame[frame[target].notna()]
+        return rows if symbol is None else rows[rows["symbol"] == symbol]
+
+    def draft(scope: Scope, rows: pd.DataFrame, features: Any, metrics: Any) -> Any:
+        return draft_from_rows(
+            scope,
+            rows,
+            universe_sig=universe.universe_sig,
+            file_hashes=hashes,
+            features=list(features),
+            excluded={},
+            metrics=metrics,
+            key_metrics={},
+            settings=fp,
+        )
+
+    for horizon in settings.horizons:
+        target = f"fwd_ret_{horizon}"
+        excl = detect_leaks(panel, target, horizon, specs, universe.bars, settings, attempt, None)
+        dropped = {e.feature for e in excl.entries if e.attempt < attempt}
+        features = [f for f in panel.features if f not in dropped]
+        lap("leakage")
+
+        symbols = symbols_for_view(frame, target, settings.symbol_views)
+        ranking = rank_target(frame, target, horizon, features, settings, symbols=symbols)
+        for view in (ranking.cross_sectional, *ranking.symbol_specific):
+            scope = Scope(target, "TARGET_RANKING", view.view, universe.batch, attempt, view.symbol)
+            draft(scope, rows_of(target, view.symbol), features, view.metrics)
+        lap("target_ranking")
+
+        featuresets = {}
+        for symbol in [None, *symbols]:
+            view = "SYMBOL_SPECIFIC" if symbol else "CROSS_SECTIONAL"
+            scope = Scope(target, "FEATURE_SELECTION", view, universe.batch, attempt, symbol)
+            rows = rows_of(target, symbol)
+            importances = compute_importances(rows, target, horizon, features, settings)
+            fs = prune(importances, rows, features, target, view, symbol, settings, excluded=[])
+            draft(scope, rows, fs.kept, {"kept": list(fs.kept)})
+            featuresets[symbol] = fs
+        lap("feature_selection")
+
+        train, test, info = split_train_test(frame, target, horizon, settings)
+        kept = list(featuresets[None].kept)
+        oof = generate_oof(train, target, horizon, kept, settings)
+        stack = fit_stacking(oof, train, test, target, horizon, kept, settings, split_info=info)
+        scope = Scope(target, "TRAINING", "CROSS_SECTIONAL", universe.batch, attempt)
+        draft(scope, train[train[target].notna()], kept, {"test": stack.test_metrics})
+        lap("training")
+    return seconds
+
+
+def dagster_graph(
+    data_dir: Path, output_root: Path, settings_path: Path
+) -> tuple[float, dict[str, float]]:
+    """One attempt of ``cohortflow_job`` in process, as ``cohortflow run`` does it: seconds
+    of ``execute_in_process`` alone (registration and reading back excluded) and per stage
+    (from Dagster's step events)."""
+    from cli.runner import run_universe
+
+    result = run_universe(str(data_dir), str(output_root), str(settings_path))
+    outcome = result.attempts[0]
+    return outcome.seconds, outcome.stage_seconds
+
+
+@dataclass
+class Row:
+    measure: str
+    a_label: str
+    a_s: float
+    b_label: str
+    b_s: float
+    value: float
+    goal: str
+    note: str = ""
+
+
+def measure_graph(quick: bool, work: Path) -> tuple[Row, list[str]]:
+    if quick:
+        case = GraphCase(
+            4,
+            400,
+            4,
+            {
+                "horizons": [5],
+                "min_rows": 200,
+                "n_splits": 3,
+                "quick_estimators": 20,
+                "permutation_repeats": 1,
+                "n_probes": 2,
+                "symbol_views": 2,
+                "models": {"n_estimators": 30, "num_leaves": 7, "max_depth": 3},
+            },
+        )
+        repeats = 2
+    else:
+        case = GraphCase(
+            40, 2000, 28, {"horizons": [5, 10], "symbol_views": 5, "min_rows": 500}
+        )
+        repeats = 3
+    data_dir, settings_path, settings = write_case(case, work / "graph")
+    os.environ["DAGSTER_HOME"] = str(work / "dagster_home")
+    runs = iter(range(1_000_000))
+    dagster_stages: list[dict[str, float]] = []
+    bare_stages: list[dict[str, float]] = []
+
+    def dagster_side() -> None:
+        # a fresh output root each time: every run writes a first attempt, no baselines
+        _, stages = dagster_graph(data_dir, work / f"out_{next(runs)}", settings_path)
+        dagster_stages.append(stages)
+
+    def bare_side() -> None:
+        bare_stages.append(bare_graph(data_dir, settings))
+
+    times = alternate({"dagster": dagster_side, "bare": bare_side}, repeats)
+    d, b = median_s(times["dagster"]), median_s(times["bare"])
+    lines = [
+        f"graph case: {case.describe()}",
+        "  per stage, median s (dagster from step events | bare): "
+        + ", ".join(
+            f"{s} {median_s([x.get(s, 0.0) for x in dagster_stages[1:]]):.1f}"
+            f"|{median_s([x[s] for x in bare_stages[1:]]):.1f}"
+            for s in STAGES
+        ),
+        f"  samples: dagster {[round(x, 1) for x in times['dagster']]}, "
+        f"bare {[round(x, 1) for x in times['bare']]}",
+    ]
+    row = Row(
+        "graph_overhead",
+        "cohortflow_job in process",
+        d,
+        "bare_graph (core calls)",
+        b,
+        d / b,
+        "<= 1.10",
+        "dagster: steps, IO manager writes every artifact (fsync'd), cohort snapshots, "
+        "index, plots, evaluation reload; bare: the same core computations only",
+    )
+    return row, lines
+
+
+# --------------------------------------------------------------------------- OOF, stacking
+def measure_oof(quick: bool) -> tuple[list[Row], list[str]]:
+    import bench_oof
+
+    out = captured(lambda: bench_oof.main(["--quick"] if quick else []))
+    kv = last_line_pairs(out)
+    table = {}
+    for line in out.splitlines():
+        parts = line.rsplit(None, 3)
+        if len(parts) == 4 and parts[1].replace(".", "", 1).isdigit():
+            table[parts[0].strip()] = float(parts[1])
+    bare = table.get("bare loop: LGBMRegressor + XGBRegressor fit/predict", float("nan"))
+    oof = table.get("generate_oof (same folds, same settings)", float("nan"))
+    sk = table.get("sklearn StackingRegressor-style: cross_val_predict + meta", float("nan"))
+    meta = table.get("fit_stacking meta stage: reuse OOF columns", float("nan"))
+    rows = [
+        Row(
+            "oof_overhead",
+            "generate_oof",
+            oof,
+            "bare LGBM+XGB fold loop",
+            bare,
+            float(kv["oof_overhead"]),
+            "<= 1.05",
+            f"bench_oof.py, {kv.get('rows')} rows",
+        ),
+        Row(
+            "stack_speedup",
+            "cross_val_predict + meta",
+            sk,
+            "meta on saved OOF",
+            meta,
+            float(kv["stack_speedup"]),
+            ">= 10",
+            "bench_oof.py",
+        ),
+    ]
+    return rows, ["bench_oof.py: " + out.strip().splitlines()[0]]
+
+
+# --------------------------------------------------------------------------- store
+def oof_like_frame(n_dates: int, n_symbols: int, seed: int = 0) -> pd.DataFrame:
+    """An OOF frame of the shape generate_oof returns (timestamp, symbol, fold, y_true,
+    pred_lightgbm, pred_xgboost; str symbols as pandas gives them)."""
+    rng = np.random.default_rng(seed)
+    dates = pd.bdate_range("2012-01-02", periods=n_dates).to_numpy()
+    n = n_dates * n_symbols
+    return pd.DataFrame(
+        {
+            "timestamp": np.repeat(dates, n_symbols),
+            "symbol": np.tile(np.array([f"S{k:03d}" for k in range(n_symbols)]), n_dates),
+            "fold": np.repeat(np.arange(n_dates) * 5 // n_dates, n_symbols).astype(np.int32),
+            "y_true": rng.standard_normal(n) * 0.02,
+            "pred_lightgbm": rng.standard_normal(n) * 0.002,
+            "pred_xgboost": rng.standard_normal(n) * 0.002,
+        }
+    )
+
+
+def measure_store(quick: bool, work: Path) -> tuple[list[Row], list[str]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from cohortflow.layout import Scope
+    from cohortflow.splits import PurgedKFold, make_fold_plan
+    from cohortflow.store import Store
+
+    n_dates, n_symbols, repeats = (400, 250, 5) if quick else (2000, 500, 7)
+    frame = oof_like_frame(n_dates, n_symbols)
+    plan = make_fold_plan(PurgedKFold(5, 5, 5), frame["timestamp"].to_numpy()).to_dict()
+    extra = {"models": ["lightgbm", "xgboost"], "folds": []}
+    store = Store(work / "store_out")
+    scope = Scope("fwd_ret_5", "TRAINING", "CROSS_SECTIONAL", "ab12cd34ef56", 0)
+    bare_dir = work / "bare_out"
+    bare_dir.mkdir(parents=True, exist_ok=True)
+
+    def bare(fsync: bool) -> Callable[[], None]:
+        def write() -> None:
+            path = bare_dir / "oof_predictions.parquet"
+            pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, compression="zstd")
+            if fsync:
+                fd = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+
+        return write
+
+    times = alternate(
+        {
+            "bare": bare(False),
+            "bare_fsync": bare(True),
+            "store": lambda: store.write_oof(scope, frame, plan, extra),
+        },
+        repeats,
+    )
+    b, bf, s = (median_s(times[k]) for k in ("bare", "bare_fsync", "store"))
+    size = (store.root / scope.oof_path(store.root).relative_to(store.root)).stat().st_size
+    note = f"{len(frame)} rows, {size / 1e6:.1f} MB parquet (zstd)"
+    rows = [
+        Row(
+            "store_write_ratio",
+            "bare pq.write_table",
+            b,
+            "Store.write_oof",
+            s,
+            b / s,
+            ">= 0.9",
+            note + "; store: fixed schema, atomic tmp+fsync+replace, sha256, fold plan",
+        ),
+        Row(
+            "store_write_ratio_durable",
+            "bare write + fsync",
+            bf,
+            "Store.write_oof",
+            s,
+            bf / s,
+            "(context)",
+            "the bare side given the fsync the store's atomic writes do",
+        ),
+    ]
+    return rows, []
+
+
+# --------------------------------------------------------------------------- index
+def measure_index(quick: bool) -> tuple[list[Row], list[str], int]:
+    import bench_index
+
+    out = captured(lambda: bench_index.main(["--quick"] if quick else []))
+    kv = last_line_pairs(out)
+    n = int(kv["n"])
+    rows = [
+        Row(
+            "lookup_ms",
+            "index find_cohort",
+            float(kv["lookup_ms"]) / 1e3,
+            "walk the tree",
+            float(kv["walk_lookup_ms"]) / 1e3,
+            float(kv["lookup_ms"]),
+            "< 20 ms",
+            f"bench_index.py, {n} cohorts",
+        ),
+        Row(
+            "list_ms",
+            "index list(target)",
+            float(kv["list_ms"]) / 1e3,
+            "walk_cohorts(target)",
+            float(kv["walk_list_ms"]) / 1e3,
+            float(kv["list_ms"]),
+            "< 200 ms",
+            f"bench_index.py, {n} cohorts",
+        ),
+    ]
+    return rows, [], n
+
+
+# --------------------------------------------------------------------------- report
+def format_table(rows: list[Row]) -> list[str]:
+    head = f"{'measure':<26}{'value':>9}  {'goal':<9}{'side A':<28}{'s':>9}  {'side B':<26}{'s':>9}"
+    out = [head, "-" * len(head)]
+    for r in rows:
+        out.append(
+            f"{r.measure:<26}{r.value:>9.3f}  {r.goal:<9}{r.a_label:<28}{r.a_s:>9.3f}  "
+            f"{r.b_label:<26}{r.b_s:>9.3f}"
+        )
+        if r.note:
+            out.append(f"{'':<26}  {r.note}")
+    return out
+
+
+def main() -> int:
+    quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")
+    started = time.perf_counter()
+    info = machine_info()
+    lines = [
+        f"cohortflow bench ({'quick' if quick else 'full'}), {datetime.now(UTC).isoformat()}",
+        "machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
+        "note: timings on a shared machine are noisy; ratios are medians of alternating repeats",
+    ]
+    print("\n".join(lines), flush=True)
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="cohortflow-bench-") as tmp:
+        work = Path(tmp)
+        for name, step in (
+            ("graph", lambda: measure_graph(quick, work)),
+            ("oof", lambda: measure_oof(quick)),
+            ("store", lambda: measure_store(quick, work)),
+        ):
+            t0 = time.perf_counter()
+            got, extra = step()
+            got = [got] if isinstance(got, Row) else got
+            rows += got
+            lines += extra
+            print("\n".join(extra + format_table(got)[2:]), flush=True)
+            print(f"  ({name}: {time.perf_counter() - t0:.0f} s)", flush=True)
+        index_rows, extra, n_cohorts = measure_index(quick)
+        rows += index_rows
+        lines += extra
+    lines += format_table(rows)
+    values = {r.measure: r.value for r in rows}
+    pairs = {
+        "graph_overhead": f"{values['graph_overhead']:.3f}",
+        "oof_overhead": f"{values['oof_overhead']:.3f}",
+        "stack_speedup": f"{values['stack_speedup']:.1f}",
+        "store_write_ratio": f"{values['store_write_ratio']:.3f}",
+        "store_write_ratio_durable": f"{values['store_write_ratio_durable']:.3f}",
+        "lookup_ms": f"{values['lookup_ms']:.2f}",
+        "list_ms": f"{values['list_ms']:.2f}",
+        "n_cohorts": str(n_cohorts),
+        "quick": str(int(quick)),
+        "cores": info["cores"],
+        "cpu": info["cpu"].replace(" ", "_"),
+        "load_1m": info["load_1m"],
+        "python": info["python"],
+        "seconds": f"{time.perf_counter() - started:.0f}",
+    }
+    lines.append(" ".join(f"{k}={v}" for k, v in pairs.items()))
+    print("\n".join(lines[-len(rows) * 2 - 3 :]))
+    save(lines)
+    return 0
+
+
+def save(lines: list[str]) -> None:
+    from cohortflow.fsio import atomic_write_text
+
+    text = "\n".join(lines) + "\n"
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    atomic_write_text(RESULTS / f"bench_{stamp}.txt", text)
+    atomic_write_text(RESULTS / "latest.txt", text)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
