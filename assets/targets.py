@@ -73,6 +73,31 @@ def target_rows(frame: pd.DataFrame, target: str, symbol: str | None = None) -> 
     return rows
 
 
+def cohort_draft(
+    scope: Scope,
+    panel: Panel,
+    universe: Universe,
+    excl: Exclusions,
+    settings: Any,
+    *,
+    features: Sequence[str],
+    metrics: Mapping[str, Any],
+    key_metrics: Mapping[str, float],
+) -> Any:
+    """The cohort draft of a scope, on the panel rows of its view with a target."""
+    return draft_from_rows(
+        scope,
+        target_rows(panel.frame, scope.target, scope.symbol),
+        universe_sig=universe.universe_sig,
+        file_hashes=_file_hashes(universe),
+        features=features,
+        excluded=inherited_exclusions(excl, scope.attempt),
+        metrics=metrics,
+        key_metrics=key_metrics,
+        settings=settings.fingerprint_fields(),
+    )
+
+
 def _cs_and_symbols(items: Mapping[Scope, Any]) -> tuple[Any, dict[str, Any]]:
     cs = next(v for s, v in items.items() if s.view == CS)
     return cs, {s.symbol: v for s, v in items.items() if s.view == SY}
@@ -169,19 +194,14 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
         drafts, extras = [], {}
         for view in (ranking.cross_sectional, *ranking.symbol_specific):
             scope = Scope(target, stage, view.view, batch, attempt, view.symbol)
-            rows = target_rows(feature_panel.frame, target, view.symbol)
+            score = ranking.score if view.symbol is None else None
             drafts.append(
-                draft_from_rows(
-                    scope,
-                    rows,
-                    universe_sig=universe_bars.universe_sig,
-                    file_hashes=_file_hashes(universe_bars),
+                cohort_draft(
+                    scope, feature_panel, universe_bars, excl, settings,
                     features=features,
-                    excluded=inherited_exclusions(excl, attempt),
                     metrics=view.metrics,
-                    key_metrics=_key_metrics(view.metrics, ranking.score if view.symbol is None else None),
-                    settings=settings.fingerprint_fields(),
-                )
+                    key_metrics=_key_metrics(view.metrics, score),
+                )  # fmt: skip
             )
             extras[scope] = {
                 f"feature_importances/{model}_importances.csv": csv_bytes(frame)
@@ -289,7 +309,6 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
         excl, _ = _cs_and_symbols(feature_exclusions)
         drafts = []
         for scope, fs in sorted(featureset.items(), key=lambda kv: (kv[0].view, kv[0].symbol or "")):
-            rows = target_rows(feature_panel.frame, target, scope.symbol)
             combined = feature_importances[scope]["combined"]
             metrics = {
                 "selection": {
@@ -299,22 +318,16 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
                     "top": combined.head(10).to_dict(orient="records"),
                 }
             }
+            key_metrics = {
+                "n_kept": len(fs.kept),
+                "n_dropped": len(fs.dropped),
+                "top_share": float(combined["share"].iloc[0]) if len(combined) else 0.0,
+            }
             drafts.append(
-                draft_from_rows(
-                    scope,
-                    rows,
-                    universe_sig=universe_bars.universe_sig,
-                    file_hashes=_file_hashes(universe_bars),
-                    features=list(fs.kept),
-                    excluded=inherited_exclusions(excl, attempt),
-                    metrics=metrics,
-                    key_metrics={
-                        "n_kept": len(fs.kept),
-                        "n_dropped": len(fs.dropped),
-                        "top_share": float(combined["share"].iloc[0]) if len(combined) else 0.0,
-                    },
-                    settings=settings.fingerprint_fields(),
-                )
+                cohort_draft(
+                    scope, feature_panel, universe_bars, excl, settings,
+                    features=list(fs.kept), metrics=metrics, key_metrics=key_metrics,
+                )  # fmt: skip
             )
         context.add_output_metadata({"cohort_id": drafts[0].cohort_id, "cohorts": len(drafts)})
         return StageSnapshots(

@@ -292,9 +292,7 @@ def measure_graph(quick: bool, work: Path) -> tuple[Row, list[str]]:
         )
         repeats = 2
     else:
-        case = GraphCase(
-            40, 2000, 28, {"horizons": [5, 10], "symbol_views": 5, "min_rows": 500}
-        )
+        case = GraphCase(40, 2000, 28, {"horizons": [5, 10], "symbol_views": 5, "min_rows": 500})
         repeats = 3
     data_dir, settings_path, settings = write_case(case, work / "graph")
     os.environ["DAGSTER_HOME"] = str(work / "dagster_home")
@@ -416,7 +414,9 @@ def measure_store(quick: bool, work: Path) -> tuple[list[Row], list[str]]:
     def bare(fsync: bool) -> Callable[[], None]:
         def write() -> None:
             path = bare_dir / "oof_predictions.parquet"
-            pq.write_table(pa.Table.from_pandas(frame, preserve_index=False), path, compression="zstd")
+            pq.write_table(
+                pa.Table.from_pandas(frame, preserve_index=False), path, compression="zstd"
+            )
             if fsync:
                 fd = os.open(path, os.O_RDONLY)
                 try:
@@ -536,7 +536,6 @@ def main() -> int:
         index_rows, extra, n_cohorts = measure_index(quick)
         rows += index_rows
         lines += extra
-    lines += format_table(rows)
     values = {r.measure: r.value for r in rows}
     pairs = {
         "graph_overhead": f"{values['graph_overhead']:.3f}",
@@ -554,9 +553,9 @@ def main() -> int:
         "python": info["python"],
         "seconds": f"{time.perf_counter() - started:.0f}",
     }
-    lines.append(" ".join(f"{k}={v}" for k, v in pairs.items()))
-    print("\n".join(lines[-len(rows) * 2 - 3 :]))
-    save(lines)
+    final = ["", *format_table(rows), " ".join(f"{k}={v}" for k, v in pairs.items())]
+    print("\n".join(final))
+    save(lines + final)
     return 0
 
 

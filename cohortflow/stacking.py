@@ -194,6 +194,20 @@ def _ridge_path(
     return out
 
 
+def _demean_by_group(values: np.ndarray, groups: np.ndarray | None) -> np.ndarray:
+    """``values`` minus their mean within each group (rows x columns or a vector)."""
+    if groups is None:
+        return values - values.mean(axis=0)
+    _, inverse = np.unique(groups, return_inverse=True)
+    counts = np.bincount(inverse).astype(np.float64)
+    if values.ndim == 1:
+        return values - (np.bincount(inverse, weights=values) / counts)[inverse]
+    means = np.column_stack(
+        [np.bincount(inverse, weights=values[:, j]) / counts for j in range(values.shape[1])]
+    )
+    return values - means[inverse]
+
+
 def fit_meta_path(
     preds: np.ndarray,
     y: np.ndarray,
@@ -201,12 +215,18 @@ def fit_meta_path(
     kind: str,
     alphas: Sequence[float],
     nonneg: bool,
+    folds: np.ndarray | None = None,
 ) -> list[MetaLearner]:
     """Fit the meta-learner for each penalty in ``alphas`` on prediction columns (rows x columns).
 
     Columns are standardised for the fit (so ``alpha``, a penalty per row, means the same
     for every scale of prediction); the coefficients are mapped back to raw units.
     "ridge" predicts the return ``y``; "logistic" fits P(y > 0).
+
+    ``folds``: the OOF fold of each row. The ridge slopes are fitted on predictions and
+    returns demeaned within each fold: a fold's model learns the mean return of the *other*
+    folds, so pooled OOF predictions anti-correlate with each fold's mean return, an
+    artefact of k-fold that would push every slope negative (to zero with ``nonneg``).
     """
     preds = np.asarray(preds, dtype=np.float64)
     y = np.asarray(y, dtype=np.float64)
@@ -216,9 +236,8 @@ def fit_meta_path(
     z = (preds - center) / scale
     alphas_abs = [float(a) * len(z) for a in alphas]
     if kind == "ridge":
-        fits = [
-            (float(y.mean()), beta) for beta in _ridge_path(z, y - y.mean(), alphas_abs, nonneg)
-        ]
+        zc, yc = _demean_by_group(z, folds), _demean_by_group(y, folds)
+        fits = [(float(y.mean()), beta) for beta in _ridge_path(zc, yc, alphas_abs, nonneg)]
     elif kind == "logistic":
         up = (y > 0).astype(np.float64)
         fits = [(float(w[0]), w[1:]) for w in (_fit_logistic(z, up, a, nonneg) for a in alphas_abs)]
@@ -250,10 +269,12 @@ def fit_meta(
     return fit_meta_path(preds, y, columns, kind, (alpha,), nonneg)[0]
 
 
-def _validation_score(kind: str, y: np.ndarray, pred: np.ndarray) -> float:
-    """Higher is better: out-of-sample R^2 (ridge) or minus the mean log loss (logistic)."""
+def _validation_score(kind: str, y: np.ndarray, pred: np.ndarray, base_level: float) -> float:
+    """Higher is better. Ridge: out-of-sample R^2 gained over predicting the training mean
+    ``base_level`` (the level error that every candidate shares on a block whose mean
+    return moved would otherwise decide the choice); logistic: minus the mean log loss."""
     if kind == "ridge":
-        return metrics.r2(y, pred)
+        return metrics.r2(y, pred) - metrics.r2(y, np.full(len(y), base_level))
     p = np.clip(pred, 1e-12, 1.0 - 1e-12)
     up = np.asarray(y) > 0
     return float(np.mean(np.where(up, np.log(p), np.log1p(-p))))
@@ -283,6 +304,7 @@ def fit_meta_learner(
     preds = oof_frame[columns].to_numpy(dtype=np.float64)
     y = oof_frame["y_true"].to_numpy(dtype=np.float64)
     ts = oof_frame["timestamp"].to_numpy(dtype="datetime64[ns]")
+    oof_folds = oof_frame["fold"].to_numpy() if "fold" in oof_frame else np.zeros(len(y), dtype=int)
     if not np.all(np.isfinite(preds)):
         raise ValueError("OOF prediction columns hold NaN or infinite values")
     gap = settings.embargo_for(horizon)
@@ -290,10 +312,12 @@ def fit_meta_learner(
     folds, scores = [], {a: [] for a in ALPHA_GRID}
     for k, (tr, te) in enumerate(splitter.split(preds, y, groups=ts, label_end=label_end)):
         fold_scores = {}
-        path = fit_meta_path(preds[tr], y[tr], columns, kind, ALPHA_GRID, settings.nonneg_weights)
+        path = fit_meta_path(
+            preds[tr], y[tr], columns, kind, ALPHA_GRID, settings.nonneg_weights, oof_folds[tr]
+        )
         p_te, y_te = preds[te], y[te]
         for alpha, model in zip(ALPHA_GRID, path, strict=True):
-            score = _validation_score(kind, y_te, model.predict(p_te))
+            score = _validation_score(kind, y_te, model.predict(p_te), float(y[tr].mean()))
             scores[alpha].append(score)
             fold_scores[_alpha_key(alpha)] = score
         folds.append(
@@ -311,11 +335,11 @@ def fit_meta_learner(
         a: float(np.nanmean(s)) if np.isfinite(s).any() else -np.inf for a, s in scores.items()
     }
     chosen = max(sorted(ALPHA_GRID, reverse=True), key=lambda a: means[a])
-    meta = fit_meta(preds, y, columns, kind, chosen, settings.nonneg_weights)
+    meta = fit_meta_path(preds, y, columns, kind, (chosen,), settings.nonneg_weights, oof_folds)[0]
     validation = {
         "scheme": "walk_forward",
         "kind": kind,
-        "score": "r2" if kind == "ridge" else "neg_log_loss",
+        "score": "r2_gain_over_mean" if kind == "ridge" else "neg_log_loss",
         "n_splits": settings.n_splits,
         "gap_bars": gap,
         "candidates": [_alpha_key(a) for a in ALPHA_GRID],

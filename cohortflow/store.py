@@ -37,7 +37,6 @@ from cohortflow.names import validate_name
 from cohortflow.snapshots import (
     Baseline,
     CohortDraft,
-    CohortFiles,
     finalize_cohort,
     manifest_records,
     manifest_sha256,
@@ -406,7 +405,7 @@ class Store:
                     for optional in ("diff_prev.json", "drift.json"):
                         if optional not in files.documents:
                             remove_file(cohort_dir / optional)
-                    indexed.append((self.record_for(draft, files), dict(draft.key_metrics)))
+                    indexed.append((scope.record(files.cohort_id, draft.universe_sig), dict(draft.key_metrics)))
                     cohort_ids.append(files.cohort_id)
                 marker = {
                     "artifacts_manifest_sha256": manifest_sha256(records),
@@ -416,21 +415,6 @@ class Store:
                 # indexed only once complete: the index never lists a half-written attempt
                 index.add_many(indexed)
         return written
-
-    def record_for(self, draft: CohortDraft, files: CohortFiles) -> CohortRecord:
-        s = draft.scope
-        return CohortRecord(
-            cohort_id=files.cohort_id,
-            target=s.target,
-            stage=s.stage,
-            view=s.view,
-            batch=s.batch,
-            universe_sig=draft.universe_sig,
-            symbol=s.symbol,
-            attempt=s.attempt,
-            layout="current",
-            path=self.rel(s.cohort_dir(self.root, files.cohort_id)),
-        )
 
     def find_baseline(self, draft: CohortDraft) -> Baseline | None:
         """The previous comparable snapshot: same target, stage, view, and universe (CS)
