@@ -1,54 +1,45 @@
-"""Jobs: the whole graph (one run = one batch × attempt) and one per stage."""
+"""Jobs: the whole graph (one run = one batch × attempt) and one per stage.
 
-from __future__ import annotations
+Every job runs in-process (the code location's default executor, set in definitions.py):
+each step of the multiprocess executor re-imports dagster, pandas, scikit-learn, LightGBM
+and XGBoost (~4 s a step on 2 cores), more than most steps compute. When targets are
+large enough to run side by side, `cohortflow_parallel_job` uses the multiprocess one.
+"""
 
-from dagster import AssetSelection, define_asset_job, in_process_executor, multiprocess_executor
+from dagster import AssetSelection, define_asset_job, multiprocess_executor
 
 from assets.partitions import attempt_partitions
 
-# In-process on purpose: each step of the multiprocess executor re-imports dagster,
-# pandas, scikit-learn, LightGBM and XGBoost (~4 s a step on 2 cores), which would cost
-# more than most steps compute. Use the multiprocess executor from the launchpad (or the
-# `cohortflow_parallel` job) when targets are large enough to run side by side.
-cohortflow_job = define_asset_job(
-    "cohortflow_job",
-    selection=AssetSelection.all(),
-    partitions_def=attempt_partitions,
-    executor_def=in_process_executor,
-    description="The whole graph for one universe batch × attempt.",
-)
 
-cohortflow_parallel_job = define_asset_job(
+def _job(name: str, selection: AssetSelection, description: str, **kwargs):
+    return define_asset_job(
+        name, selection=selection, partitions_def=attempt_partitions, description=description, **kwargs
+    )
+
+
+cohortflow_job = _job(
+    "cohortflow_job", AssetSelection.all(), "The whole graph for one universe batch × attempt."
+)
+cohortflow_parallel_job = _job(
     "cohortflow_parallel_job",
-    selection=AssetSelection.all(),
-    partitions_def=attempt_partitions,
-    # explicit: the code location's default executor is in-process (definitions.py)
+    AssetSelection.all(),
+    "The whole graph with the multiprocess executor: targets run side by side.",
     executor_def=multiprocess_executor,
-    description="The whole graph with the multiprocess executor: targets run side by side.",
 )
-
-target_ranking_job = define_asset_job(
+target_ranking_job = _job(
     "target_ranking_job",
-    selection=AssetSelection.groups("data", "leakage", "target_ranking"),
-    partitions_def=attempt_partitions,
-    executor_def=in_process_executor,
-    description="Bars, features, leakage detection and target ranking.",
+    AssetSelection.groups("data", "leakage", "target_ranking"),
+    "Bars, features, leakage detection and target ranking.",
 )
-
-feature_selection_job = define_asset_job(
+feature_selection_job = _job(
     "feature_selection_job",
-    selection=AssetSelection.groups("feature_selection"),
-    partitions_def=attempt_partitions,
-    executor_def=in_process_executor,
-    description="Importances, featuresets and their snapshots (needs the ranking stage).",
+    AssetSelection.groups("feature_selection"),
+    "Importances, featuresets and their snapshots (needs the ranking stage).",
 )
-
-training_job = define_asset_job(
+training_job = _job(
     "training_job",
-    selection=AssetSelection.groups("training"),
-    partitions_def=attempt_partitions,
-    executor_def=in_process_executor,
-    description="OOF datasets, stacking models and their evaluation (needs feature selection).",
+    AssetSelection.groups("training"),
+    "OOF datasets, stacking models and their evaluation (needs feature selection).",
 )
 
 ALL_JOBS = [
