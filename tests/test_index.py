@@ -7,7 +7,6 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -184,24 +183,27 @@ _WRITER = textwrap.dedent(
     import sys, time
     from cohortflow.index import CohortIndex
     from cohortflow.layout import Scope
-    root, worker, start = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+    from pathlib import Path
+    root, worker = sys.argv[1], int(sys.argv[2])
     scope = Scope("fwd_ret_5", "TRAINING", "CROSS_SECTIONAL", "ab12cd34ef56", worker)
-    while time.time() < start:
+    # a barrier: every writer has imported everything before any of them writes
+    Path(root, f"ready_{worker}").touch()
+    while len(list(Path(root).glob("ready_*"))) < 4:
         time.sleep(0.005)
     index = CohortIndex(root)
     t0 = time.time()
     for i in range(50):
         index.add(scope.record(f"cs_w{worker}_{i:02d}", "ab12cd34ef56" + "0" * 52), {"i": i})
+        time.sleep(0.01)  # keep the four write windows wide enough to overlap under load
     print(t0, time.time())
     """
 )
 
 
 def test_concurrent_adds_from_four_processes(tmp_path: Path) -> None:
-    start = time.time() + 2.0  # all four start writing at once, after their imports
     procs = [
         subprocess.Popen(
-            [sys.executable, "-c", _WRITER, str(tmp_path), str(w), str(start)],
+            [sys.executable, "-c", _WRITER, str(tmp_path), str(w)],
             cwd=REPO,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
