@@ -67,10 +67,10 @@ def usable_features(panel: Panel, excl: Exclusions, attempt: int) -> list[str]:
 
 
 def target_rows(frame: pd.DataFrame, target: str, symbol: str | None = None) -> pd.DataFrame:
-    rows = frame[frame[target].notna()]
-    if symbol is not None:
-        rows = rows[rows["symbol"] == symbol]
-    return rows
+    keep = frame[target].notna().to_numpy()
+    if symbol is not None:  # one mask: copy the symbol's rows, not the whole panel first
+        keep &= (frame["symbol"] == symbol).to_numpy()
+    return frame[keep]
 
 
 def cohort_draft(
@@ -153,7 +153,9 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
             feature_panel, target, horizon, specs, universe_bars.bars, settings, attempt, inherited
         )
         out: dict[Scope, Exclusions] = {Scope(target, "TARGET_RANKING", CS, batch, attempt): excl}
-        for symbol in universe_bars.symbols:
+        # symbol-view folders exist only for the symbols that get that view (each completes
+        # when its ranking cohort is written)
+        for symbol in symbols_for_view(feature_panel.frame, target, settings.symbol_views):
             out[Scope(target, "TARGET_RANKING", SY, batch, attempt, symbol)] = excl.for_symbol(symbol)
         found = excl.found_here()
         context.add_output_metadata(
@@ -272,14 +274,15 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
         batch, attempt = _partition(context)
         settings = cohortflow.settings()
         excl, _ = _cs_and_symbols(feature_exclusions)
-        features = usable_features(feature_panel, excl, attempt)
         excluded = sorted(inherited_exclusions(excl, attempt))
         out = {}
         for scope, importances in feature_importances.items():
             rows = target_rows(feature_panel.frame, target, scope.symbol)
+            # every feature goes in, so the leaks excluded earlier are listed as dropped
             out[scope] = prune(
-                importances, rows, features, target, scope.view, scope.symbol, settings, excluded=excluded
-            )
+                importances, rows, list(feature_panel.features), target, scope.view,
+                scope.symbol, settings, excluded=excluded,
+            )  # fmt: skip
         cs = out[Scope(target, "FEATURE_SELECTION", CS, batch, attempt)]
         context.add_output_metadata(
             {"kept": len(cs.kept), "dropped": len(cs.dropped), "features": ", ".join(cs.kept)}

@@ -107,7 +107,8 @@ def child_stages(data_dir: str, settings_path: str) -> dict[str, Any]:
     return {
         "seconds": seconds,
         "peak_rss": peaks,
-        "peak_rss_process": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+        # resetting VmHWM resets ru_maxrss too: the process peak is the largest stage peak
+        "peak_rss_process": max([*peaks.values(), peak_rss_bytes()]),
         "per_stage_peaks": resettable,
         "rows": rows,
     }

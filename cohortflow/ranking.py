@@ -29,13 +29,14 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
-from sklearn.impute import SimpleImputer
+from sklearn.base import BaseEstimator, TransformerMixin
 from sklearn.linear_model import Ridge
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
@@ -106,13 +107,47 @@ class TargetRanking:
 # --------------------------------------------------------------------------- models
 
 
-def linear_model() -> Pipeline:
-    """Ridge on standardised features; NaN filled with the training medians."""
+class MedianImputer(TransformerMixin, BaseEstimator):
+    """NaN -> the column's training median (0 for a column with no value), like
+    ``SimpleImputer(strategy="median", keep_empty_features=True)``, same medians.
+
+    ``SimpleImputer`` takes medians through masked arrays: on 285,000 rows x 80 features
+    that took ~3 s and several copies of the matrix per fold, 5x ``np.nanmedian``. With
+    ``copy=False`` the NaN are filled in the array passed in (the caller's temporary).
+    """
+
+    def __init__(self, copy: bool = True) -> None:
+        self.copy = copy
+
+    def fit(self, X: np.ndarray, y: Any = None) -> MedianImputer:
+        X = np.asarray(X, dtype=np.float64)
+        if X.ndim != 2 or X.shape[0] == 0:
+            raise ValueError(f"expected a non-empty 2-D array, got shape {X.shape}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: filled below
+            medians = np.nanmedian(X, axis=0)
+        self.statistics_ = np.where(np.isnan(medians), 0.0, medians)
+        self.n_features_in_ = X.shape[1]
+        return self
+
+    def transform(self, X: np.ndarray) -> np.ndarray:
+        X = np.array(X, dtype=np.float64, copy=self.copy)
+        rows, cols = np.nonzero(np.isnan(X))
+        X[rows, cols] = self.statistics_[cols]
+        return X
+
+
+def linear_model(copy: bool = True) -> Pipeline:
+    """Ridge on standardised features; NaN filled with the training medians.
+
+    ``copy=False`` imputes and scales the arrays given to ``fit``/``predict`` in place:
+    for callers that pass temporaries (a fold's rows), two fewer copies of the matrix.
+    """
     return Pipeline(
         [
-            ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
-            ("scale", StandardScaler()),
-            ("ridge", Ridge(alpha=RIDGE_ALPHA)),
+            ("impute", MedianImputer(copy=copy)),
+            ("scale", StandardScaler(copy=copy)),
+            ("ridge", Ridge(alpha=RIDGE_ALPHA, copy_X=copy)),
         ]
     )
 
@@ -132,7 +167,7 @@ def _fit_oof(X: np.ndarray, y: np.ndarray, plan: FoldPlan, settings: Settings) -
         gbm.fit(X[tr], y[tr])
         preds["lightgbm"][te] = gbm.predict(X[te])
         gains.append(gbm.booster_.feature_importance(importance_type="gain"))
-        lin = linear_model().fit(X[tr], y[tr])
+        lin = linear_model(copy=False).fit(X[tr], y[tr])  # X[tr], X[te]: fresh copies
         preds["linear"][te] = lin.predict(X[te])
     return _Oof(preds, np.mean(np.asarray(gains, dtype=np.float64), axis=0))
 

@@ -43,7 +43,9 @@ def _write_oof(store: Store, target: str, batch: str, attempt: int, value: Any) 
         "params": dict(value.params),
     }
     written = store.write_oof(scope, value.frame, value.fold_plan.to_dict(), extra)
-    if value.params:  # tuned hyper-parameters (settings.tune): one JSON in the attempt folder
+    # tuned hyper-parameters (settings.tune): one JSON in the attempt folder; untuned runs
+    # carry an empty dict per model, which is no tuning result and gets no file
+    if any(value.params.values()):
         from cohortflow.canonical import canonical_json_bytes
 
         written += store.write_folder(scope, "tuning", {"tuned_params.json": canonical_json_bytes(dict(value.params))})
