@@ -11,6 +11,7 @@ fails) and attempt n+1 runs without them.
 """
 
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ from cohortflow.leakage import Exclusions, detect_leaks
 from cohortflow.ranking import TargetRanking, rank_target, symbols_for_view
 from cohortflow.selection import Featureset, compute_importances, prune
 from cohortflow.snapshots import draft_from_rows
+from cohortflow.stacking import split_train_test
 from cohortflow.store import StageSnapshots, csv_bytes
 from resources.cohortflow import CohortflowResource
 
@@ -66,10 +68,17 @@ def usable_features(panel: Panel, excl: Exclusions, attempt: int) -> list[str]:
     return [f for f in panel.features if f not in dropped]
 
 
+def training_window(panel: Panel, target: str, horizon: int, settings: Any) -> pd.DataFrame:
+    """The panel rows before the held-out test period (and its gap): the only rows that
+    leakage detection, feature selection and training may look at."""
+    train, _, _ = split_train_test(panel.frame, target, horizon, settings)
+    return train
+
+
 def target_rows(frame: pd.DataFrame, target: str, symbol: str | None = None) -> pd.DataFrame:
     keep = frame[target].notna().to_numpy()
     if symbol is not None:  # one mask: copy the symbol's rows, not the whole panel first
-        keep &= (frame["symbol"] == symbol).to_numpy()
+        keep = keep & (frame["symbol"] == symbol).to_numpy()
     return frame[keep]
 
 
@@ -149,8 +158,13 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
         specs = [
             s for s in feature_specs(_all_columns(universe_bars), settings) if s.name in feature_panel.computed
         ]
+        # the dominance test sees the training window only: which features are excluded must
+        # not depend on the held-out period the stack is judged on
+        train_panel = dataclasses.replace(
+            feature_panel, frame=training_window(feature_panel, target, horizon, settings)
+        )
         excl = detect_leaks(
-            feature_panel, target, horizon, specs, universe_bars.bars, settings, attempt, inherited
+            train_panel, target, horizon, specs, universe_bars.bars, settings, attempt, inherited
         )
         out: dict[Scope, Exclusions] = {Scope(target, "TARGET_RANKING", CS, batch, attempt): excl}
         # symbol-view folders exist only for the symbols that get that view (each completes
@@ -242,9 +256,10 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
         excl, _ = _cs_and_symbols(feature_exclusions)
         features = usable_features(feature_panel, excl, attempt)
         out: dict[Scope, dict[str, pd.DataFrame]] = {}
+        train = training_window(feature_panel, target, horizon, settings)
         for symbol in [None, *symbols_for_view(feature_panel.frame, target, settings.symbol_views)]:
             scope = Scope(target, "FEATURE_SELECTION", SY if symbol else CS, batch, attempt, symbol)
-            rows = target_rows(feature_panel.frame, target, symbol)
+            rows = target_rows(train, target, symbol)
             out[scope] = compute_importances(rows, target, horizon, features, settings)
         cs = out[Scope(target, "FEATURE_SELECTION", CS, batch, attempt)]
         meta: dict[str, Any] = {
@@ -276,8 +291,9 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
         excl, _ = _cs_and_symbols(feature_exclusions)
         excluded = sorted(inherited_exclusions(excl, attempt))
         out = {}
+        train = training_window(feature_panel, target, horizon, settings)
         for scope, importances in feature_importances.items():
-            rows = target_rows(feature_panel.frame, target, scope.symbol)
+            rows = target_rows(train, target, scope.symbol)
             # every feature goes in, so the leaks excluded earlier are listed as dropped
             out[scope] = prune(
                 importances, rows, list(feature_panel.features), target, scope.view,

@@ -199,7 +199,7 @@ def bare_graph(
     def rows_of(target: str, symbol: str | None) -> pd.DataFrame:  # as assets.targets does
         keep = frame[target].notna().to_numpy()
         if symbol is not None:
-            keep &= (frame["symbol"] == symbol).to_numpy()
+            keep = keep & (frame["symbol"] == symbol).to_numpy()
         return frame[keep]
 
     def draft(scope: Scope, rows: pd.DataFrame, features: Any, metrics: Any) -> Any:

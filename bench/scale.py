@@ -25,6 +25,7 @@ The growth exponent of a stage is the least-squares slope of log(seconds) on log
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import resource
@@ -208,6 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--settings", default=None, help="base settings YAML (default: defaults)")
     parser.add_argument("--graph", type=int, default=0, help="also run the whole graph at N")
     parser.add_argument("--work", default=None, help="keep universes here (default: temp)")
+    parser.add_argument(
+        "--reuse", action="store_true", help="reuse sizes measured before in --work"
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
 
@@ -233,9 +237,17 @@ def main(argv: list[str] | None = None) -> int:
         return data
 
     results: dict[int, dict[str, Any]] = {}
+    tag = hashlib.sha256(settings_path.read_bytes()).hexdigest()[:8]
     for n in sizes:
         data = universe(n)
-        results[n] = in_child("stages", str(data), str(settings_path), log=log)
+        # a size measured before with the same settings in this --work folder is reused
+        cached = work / f"stages_{n}_{args.bars}_{args.noise}_{tag}.json"
+        if args.reuse and cached.exists():
+            results[n] = json.loads(cached.read_text())
+            print(f"  {n} symbols: reusing {cached}", flush=True)
+        else:
+            results[n] = in_child("stages", str(data), str(settings_path), log=log)
+            cached.write_text(json.dumps(results[n]))
         secs = results[n]["seconds"]
         print(
             f"  {n} symbols, {results[n]['rows']:,} rows: "

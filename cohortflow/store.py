@@ -25,7 +25,7 @@ import yaml
 from upath import UPath
 
 from cohortflow.canonical import canonical_json, canonical_json_bytes, normalize, sha256_hex
-from cohortflow.errors import ArtifactNotFoundError, StoreError
+from cohortflow.errors import ArtifactNotFoundError, InvalidNameError, StoreError
 from cohortflow.fsio import atomic_write_bytes, exclusive_lock, remove_file, remove_stale_tmp
 from cohortflow.layout import (
     COMPLETE_MARKER,
@@ -222,7 +222,11 @@ class Store:
         if sy_root.exists():
             for child in sorted(sy_root.iterdir(), key=lambda p: p.name):
                 if child.name.startswith("symbol="):
-                    scope = Scope(target, stage, "SYMBOL_SPECIFIC", batch, attempt, child.name[7:])
+                    try:
+                        scope = Scope(target, stage, "SYMBOL_SPECIFIC", batch, attempt, child.name[7:])
+                    except InvalidNameError:  # a stray folder must not break every reader
+                        log.warning("skipping %s: not a symbol folder of this tree", child)
+                        continue
                     if scope.attempt_dir(self.root).exists():
                         out.append(scope)
         return out

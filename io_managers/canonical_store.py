@@ -199,6 +199,10 @@ class CanonicalStoreIOManager(ConfigurableIOManager):
         if kind == "cohort_snapshot":
             stage = context.upstream_output.definition_metadata["cohortflow/stage"]
             return store.read_cohorts(target, stage, batch, attempt)
+        if kind not in ATTEMPT_KINDS:
+            raise ValueError(
+                f"input {context.asset_key.to_user_string()}: its asset declares no known {KIND_KEY} ({kind!r})"
+            )
         _, reader = ATTEMPT_KINDS[kind]
         return reader(store, target, batch, attempt)
 

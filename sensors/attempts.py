@@ -14,6 +14,7 @@ from assets.jobs import cohortflow_job
 from assets.partitions import attempt_dim_partitions, attempt_key, split_key
 from cohortflow.errors import ArtifactNotFoundError
 from cohortflow.intake import decide_next_attempt
+from cohortflow.layout import Scope
 from resources.cohortflow import CohortflowResource, default_sensor_status
 
 PARTITION_TAG = "dagster/partition"
@@ -41,6 +42,15 @@ def attempt_sensor(context: RunStatusSensorContext, cohortflow: CohortflowResour
         return SkipReason("not a batch × attempt run")
     batch, attempt = split_key(key)
     settings = cohortflow.settings()
+    # any job may finish an attempt (the whole-graph job, a UI backfill, the last stage job);
+    # only a complete one counts: every target's training stage written
+    store = cohortflow.store()
+    unfinished = [
+        t for t in settings.targets
+        if not Scope(t, "TRAINING", "CROSS_SECTIONAL", batch, attempt).complete_marker(store.root).exists()
+    ]  # fmt: skip
+    if unfinished:
+        return SkipReason(f"batch {batch} attempt {attempt} is not complete yet: {', '.join(unfinished)}")
     try:
         found = exclusions_of(cohortflow.store(), settings.targets, batch, attempt)
     except ArtifactNotFoundError as exc:

@@ -8,6 +8,7 @@ from dagster import RunRequest, SensorEvaluationContext, SensorResult, SkipReaso
 
 from assets.jobs import cohortflow_job
 from assets.partitions import attempt_dim_partitions, attempt_key, batch_partitions
+from cohortflow.canonical import sha256_hex
 from cohortflow.errors import CohortflowError
 from cohortflow.intake import attempts_on_disk, folder_signature, take_in
 from resources.cohortflow import CohortflowResource, default_sensor_status
@@ -33,7 +34,8 @@ def data_sensor(context: SensorEvaluationContext, cohortflow: CohortflowResource
         context.update_cursor(json.dumps({**cursor, "folder": signature}, sort_keys=True))
         return SkipReason(f"cannot use the data folder: {exc}")
     batch = intake.record.batch
-    data_fp = ",".join(f"{f.symbol}:{f.sha256}" for f in intake.record.files)
+    # a short fingerprint of the files' contents: run keys and cursors stay small at 500 symbols
+    data_fp = sha256_hex(",".join(f"{f.symbol}:{f.sha256}" for f in intake.record.files).encode())[:16]
     new_cursor = json.dumps({"folder": signature, "batch": batch, "data": data_fp}, sort_keys=True)
     known = context.instance.has_dynamic_partition(batch_partitions.name, batch)
     attempts = attempts_on_disk(cohortflow.output_root, batch, settings.targets)

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pandas as pd
+import pytest
 from dagster import DagsterInstance, build_sensor_context, instance_for_test
 
 from assets.partitions import attempt_key
@@ -87,3 +88,88 @@ def test_data_sensor_new_symbol_is_a_new_universe(tmp_path: Path, small_universe
         b2 = second.run_requests[0].partition_key.keys_by_dimension["universe_batch"]
         assert b1 != b2
         assert sorted(inst.get_dynamic_partitions("universe_batch")) == sorted([b1, b2])
+
+
+# --------------------------------------------------------------------------- attempt sensor
+def _finished_run(inst: DagsterInstance, partition: str):
+    """A real successful run carrying a batch × attempt partition tag, and its success event."""
+    from dagster import DagsterEventType, job, op
+
+    @op
+    def noop():
+        return None
+
+    @job
+    def probe():
+        noop()
+
+    result = probe.execute_in_process(instance=inst, tags={"dagster/partition": partition})
+    run = inst.get_run_by_id(result.run_id)
+    event = inst.all_logs(result.run_id, of_type=DagsterEventType.RUN_SUCCESS)[0].dagster_event
+    return run, event
+
+
+def _write_attempt(root: Path, targets, batch: str, attempt: int, leaks: dict[str, list[str]], complete=True):
+    from cohortflow.layout import Scope
+    from cohortflow.leakage import Exclusion, Exclusions
+    from cohortflow.store import Store
+
+    store = Store(root)
+    for t in targets:
+        entries = tuple(Exclusion(f, "lookahead", {"rows_changed": 5}, attempt) for f in leaks.get(t, []))
+        store.write_exclusions({Scope(t, "TARGET_RANKING", "CROSS_SECTIONAL", batch, attempt): Exclusions(t, attempt, entries)})
+        if complete:
+            marker = Scope(t, "TRAINING", "CROSS_SECTIONAL", batch, attempt).complete_marker(root)
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text("{}")
+
+
+@pytest.mark.parametrize(
+    ("leaks", "complete", "expected"),
+    [
+        ({"fwd_ret_5": ["demo_leak_centered_ret"]}, True, 1),  # leaks found -> attempt 1
+        ({}, True, None),  # no leak -> nothing
+        ({"fwd_ret_5": ["demo_leak_centered_ret"]}, False, None),  # attempt not finished -> wait
+    ],
+)
+def test_attempt_sensor_starts_the_next_attempt_only_after_leaks(tmp_path: Path, fast_settings_path, leaks, complete, expected):
+    from dagster import SensorResult, build_run_status_sensor_context
+
+    from sensors.attempts import attempt_sensor
+
+    out = tmp_path / "out"
+    batch = "ab12cd34ef56"
+    defs = build_definitions(str(tmp_path / "data"), str(out), str(fast_settings_path))
+    _write_attempt(out, ("fwd_ret_5", "fwd_ret_10"), batch, 0, leaks, complete)
+    with instance_for_test() as inst:
+        run, event = _finished_run(inst, f"0|{batch}")
+        ctx = build_run_status_sensor_context(
+            sensor_name="attempt_sensor", dagster_instance=inst, dagster_run=run, dagster_event=event,
+            resources={"cohortflow": defs.resources["cohortflow"]},
+        )
+        result = attempt_sensor(ctx)
+        if expected is None:
+            assert not isinstance(result, SensorResult), result
+        else:
+            assert isinstance(result, SensorResult)
+            (req,) = result.run_requests
+            assert req.partition_key == attempt_key(batch, expected)
+            assert result.dynamic_partitions_requests[0].partition_keys == [str(expected)]
+
+
+def test_attempt_limit_stops_the_loop(tmp_path: Path, fast_settings_path):
+    from dagster import SensorResult, build_run_status_sensor_context
+
+    from sensors.attempts import attempt_sensor
+
+    out = tmp_path / "out"
+    batch = "ab12cd34ef56"
+    defs = build_definitions(str(tmp_path / "data"), str(out), str(fast_settings_path))  # attempt_limit 2
+    _write_attempt(out, ("fwd_ret_5", "fwd_ret_10"), batch, 1, {"fwd_ret_5": ["x_leak"]})
+    with instance_for_test() as inst:
+        run, event = _finished_run(inst, f"1|{batch}")
+        ctx = build_run_status_sensor_context(
+            sensor_name="attempt_sensor", dagster_instance=inst, dagster_run=run, dagster_event=event,
+            resources={"cohortflow": defs.resources["cohortflow"]},
+        )
+        assert not isinstance(attempt_sensor(ctx), SensorResult)
