@@ -6,7 +6,6 @@ store keeps a single copy per batch (``_work/batch_{sig12}/``), so every attempt
 batch reads the same bytes.
 """
 
-
 from dagster import AssetExecutionContext, MetadataValue, asset
 
 from assets.partitions import attempt_partitions, split_key

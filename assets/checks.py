@@ -48,7 +48,9 @@ def _check(
         description=description,
         partitions_def=attempt_partitions,
     )
-    def _run(context: AssetCheckExecutionContext, cohortflow: CohortflowResource) -> AssetCheckResult:
+    def _run(
+        context: AssetCheckExecutionContext, cohortflow: CohortflowResource
+    ) -> AssetCheckResult:
         batch, attempt = split_key(context.partition_key)
         store = cohortflow.store()
         args = (store, target, stage, batch, attempt) if stage else (store, target, batch, attempt)
@@ -68,34 +70,70 @@ def _build_checks(targets: Sequence[str]) -> list[AssetChecksDefinition]:
     checks = []
     for t in targets:
         checks += [
-            _check(t, "feature_exclusions", "no_leaks_remain",
-                   "Fails while features found leaking in this attempt are still in use; "
-                   "the attempt sensor then starts attempt n+1 without them.",
-                   validate.leaks_remaining),
-            _check(t, "feature_importances", "importances_schema",
-                   "Every importance CSV has feature, importance, rank, share; ranks 1..n.",
-                   validate.importances_schema),
-            _check(t, "featureset", "featureset_schema",
-                   "Featuresets are well formed, keep at least one feature and no random probe.",
-                   validate.featureset_schema),
-            _check(t, "oof_dataset", "oof_schema",
-                   "OOF parquet has timestamp, symbol, fold, y_true, pred_{model}; one row each.",
-                   validate.oof_schema),
-            _check(t, "stacking_model", "native_formats",
-                   "The stacking folder holds its model card and meta-learner, and no pickle.",
-                   validate.stacking_files),
+            _check(
+                t,
+                "feature_exclusions",
+                "no_leaks_remain",
+                "Fails while features found leaking in this attempt are still in use; "
+                "the attempt sensor then starts attempt n+1 without them.",
+                validate.leaks_remaining,
+            ),
+            _check(
+                t,
+                "feature_importances",
+                "importances_schema",
+                "Every importance CSV has feature, importance, rank, share; ranks 1..n.",
+                validate.importances_schema,
+            ),
+            _check(
+                t,
+                "featureset",
+                "featureset_schema",
+                "Featuresets are well formed, keep at least one feature and no random probe.",
+                validate.featureset_schema,
+            ),
+            _check(
+                t,
+                "oof_dataset",
+                "oof_schema",
+                "OOF parquet has timestamp, symbol, fold, y_true, pred_{model}; one row each.",
+                validate.oof_schema,
+            ),
+            _check(
+                t,
+                "stacking_model",
+                "native_formats",
+                "The stacking folder holds its model card and meta-learner, and no pickle.",
+                validate.stacking_files,
+            ),
         ]
         for asset_name, stage in STAGE_OF_SNAPSHOT.items():
             checks += [
-                _check(t, asset_name, "snapshot_schema",
-                       "snapshot.json's scoring_schema_version equals metrics.json's schema.scoring; "
-                       "the artifacts manifest is set.",
-                       validate.cohort_consistency, stage=stage),
-                _check(t, asset_name, "manifest_integrity",
-                       "The attempt's files still match artifacts_manifest_sha256.",
-                       validate.manifest_integrity, stage=stage),
-                _check(t, asset_name, "comparable_with_previous",
-                       "diff_prev.json's verdict: comparable with the previous snapshot.",
-                       validate.comparability, AssetCheckSeverity.WARN, stage=stage),
+                _check(
+                    t,
+                    asset_name,
+                    "snapshot_schema",
+                    "snapshot.json's scoring_schema_version equals metrics.json's schema.scoring; "
+                    "the artifacts manifest is set.",
+                    validate.cohort_consistency,
+                    stage=stage,
+                ),
+                _check(
+                    t,
+                    asset_name,
+                    "manifest_integrity",
+                    "The attempt's files still match artifacts_manifest_sha256.",
+                    validate.manifest_integrity,
+                    stage=stage,
+                ),
+                _check(
+                    t,
+                    asset_name,
+                    "comparable_with_previous",
+                    "diff_prev.json's verdict: comparable with the previous snapshot.",
+                    validate.comparability,
+                    AssetCheckSeverity.WARN,
+                    stage=stage,
+                ),
             ]
     return checks

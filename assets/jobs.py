@@ -13,7 +13,11 @@ from assets.partitions import attempt_partitions
 
 def _job(name: str, selection: AssetSelection, description: str, **kwargs):
     return define_asset_job(
-        name, selection=selection, partitions_def=attempt_partitions, description=description, **kwargs
+        name,
+        selection=selection,
+        partitions_def=attempt_partitions,
+        description=description,
+        **kwargs,
     )
 
 

@@ -1,6 +1,5 @@
 """The ranking table across targets for one batch × attempt."""
 
-
 from collections.abc import Sequence
 
 import pandas as pd
@@ -22,7 +21,11 @@ def ranking_table_from_cohorts(cohorts_by_target: dict[str, list[CohortView]]) -
             continue
         snap = cs[0].snapshot
         km = snap.get("key_metrics", {})
-        sy = [c.snapshot.get("key_metrics", {}) for c in cohorts if c.snapshot.get("view") == "SYMBOL_SPECIFIC"]
+        sy = [
+            c.snapshot.get("key_metrics", {})
+            for c in cohorts
+            if c.snapshot.get("view") == "SYMBOL_SPECIFIC"
+        ]
         row = {"target": target, "cohort_id": snap["cohort_id"], "score": km.get("score")}
         for key in sorted(km):
             if key != "score":
@@ -53,14 +56,23 @@ def build_report_assets(targets: Sequence[str]) -> list[AssetsDefinition]:
         ins=ins,
         description="The targets ranked by predictability (cross-sectional view), best first.",
     )
-    def target_ranking_table(context: AssetExecutionContext, **cohorts: list[CohortView]) -> pd.DataFrame:
+    def target_ranking_table(
+        context: AssetExecutionContext, **cohorts: list[CohortView]
+    ) -> pd.DataFrame:
         table = ranking_table_from_cohorts({names[k]: v for k, v in cohorts.items()})
-        meta = {"preview": MetadataValue.md(table.to_markdown(index=False) if len(table) else "empty")}
+        meta = {
+            "preview": MetadataValue.md(table.to_markdown(index=False) if len(table) else "empty")
+        }
         if len(table):
             meta["best_target"] = str(table["target"].iloc[0])
             meta["score_by_target"] = MetadataValue.md(
                 plots.markdown_image(
-                    plots.bar_chart(table["target"].tolist(), table["score"].astype(float).tolist(), "ranking score by target", "score")
+                    plots.bar_chart(
+                        table["target"].tolist(),
+                        table["score"].astype(float).tolist(),
+                        "ranking score by target",
+                        "score",
+                    )
                 )
             )
         context.add_output_metadata(meta)

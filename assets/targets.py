@@ -10,7 +10,6 @@ Attempt semantics: attempt n uses every feature except those found leaking in at
 fails) and attempt n+1 runs without them.
 """
 
-
 import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -156,7 +155,9 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
                 ) from None
             inherited = next(v for s, v in previous.items() if s.view == CS)
         specs = [
-            s for s in feature_specs(_all_columns(universe_bars), settings) if s.name in feature_panel.computed
+            s
+            for s in feature_specs(_all_columns(universe_bars), settings)
+            if s.name in feature_panel.computed
         ]
         # the dominance test sees the training window only: which features are excluded must
         # not depend on the held-out period the stack is judged on
@@ -170,7 +171,9 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
         # symbol-view folders exist only for the symbols that get that view (each completes
         # when its ranking cohort is written)
         for symbol in symbols_for_view(feature_panel.frame, target, settings.symbol_views):
-            out[Scope(target, "TARGET_RANKING", SY, batch, attempt, symbol)] = excl.for_symbol(symbol)
+            out[Scope(target, "TARGET_RANKING", SY, batch, attempt, symbol)] = excl.for_symbol(
+                symbol
+            )
         found = excl.found_here()
         context.add_output_metadata(
             {
@@ -213,7 +216,11 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
             score = ranking.score if view.symbol is None else None
             drafts.append(
                 cohort_draft(
-                    scope, feature_panel, universe_bars, excl, settings,
+                    scope,
+                    feature_panel,
+                    universe_bars,
+                    excl,
+                    settings,
                     features=features,
                     metrics=view.metrics,
                     key_metrics=_key_metrics(view.metrics, score),
@@ -233,7 +240,9 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
                 "symbols": len(ranking.symbol_specific),
             }
         )
-        return StageSnapshots(stage, target, batch, attempt, tuple(drafts), extras, _run_info(context))
+        return StageSnapshots(
+            stage, target, batch, attempt, tuple(drafts), extras, _run_info(context)
+        )
 
     @asset(
         name="feature_importances",
@@ -310,7 +319,11 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
         group_name="feature_selection",
         kinds={"json"},
         metadata={KIND: "cohort_snapshot", "cohortflow/stage": "FEATURE_SELECTION"},
-        ins={**panel_in, **bars_in, **own("feature_importances", "featureset", "feature_exclusions")},
+        ins={
+            **panel_in,
+            **bars_in,
+            **own("feature_importances", "featureset", "feature_exclusions"),
+        },
         description=f"Cohort snapshots of {target}'s feature selection, both views.",
         **common,
     )
@@ -327,7 +340,9 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
         settings = cohortflow.settings()
         excl, _ = _cs_and_symbols(feature_exclusions)
         drafts = []
-        for scope, fs in sorted(featureset.items(), key=lambda kv: (kv[0].view, kv[0].symbol or "")):
+        for scope, fs in sorted(
+            featureset.items(), key=lambda kv: (kv[0].view, kv[0].symbol or "")
+        ):
             combined = feature_importances[scope]["combined"]
             metrics = {
                 "selection": {
@@ -344,8 +359,14 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
             }
             drafts.append(
                 cohort_draft(
-                    scope, feature_panel, universe_bars, excl, settings,
-                    features=list(fs.kept), metrics=metrics, key_metrics=key_metrics,
+                    scope,
+                    feature_panel,
+                    universe_bars,
+                    excl,
+                    settings,
+                    features=list(fs.kept),
+                    metrics=metrics,
+                    key_metrics=key_metrics,
                 )  # fmt: skip
             )
         context.add_output_metadata({"cohort_id": drafts[0].cohort_id, "cohorts": len(drafts)})

@@ -1,6 +1,5 @@
 """Stage TRAINING for one target: OOF dataset, stacking model, evaluation, snapshot."""
 
-
 from collections.abc import Callable
 from typing import Any
 
@@ -158,7 +157,9 @@ def build_training_assets(
                 plots.grouped_bars(table, f"{target}: held-out test", "score")
             )
         meta["weights_plot"] = _md_png(
-            plots.bar_chart(list(result.weights), list(result.weights.values()), "stack weights", "weight")
+            plots.bar_chart(
+                list(result.weights), list(result.weights.values()), "stack weights", "weight"
+            )
         )
         context.add_output_metadata(meta)
         return result
@@ -227,8 +228,12 @@ def build_training_assets(
             for c in oof.columns
             if c.startswith("pred_")
         }
-        key = {f"test.{m}.{k}": float(v) for m, d in metrics_by_model.items() for k, v in d.items()
-               if k in ("r2", "rank_ic", "ic") and isinstance(v, int | float)}
+        key = {
+            f"test.{m}.{k}": float(v)
+            for m, d in metrics_by_model.items()
+            for k, v in d.items()
+            if k in ("r2", "rank_ic", "ic") and isinstance(v, int | float)
+        }
         key.update({f"oof.{m}.r2": v for m, v in oof_scores.items()})
         draft = draft_from_rows(
             scope,

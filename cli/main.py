@@ -97,7 +97,9 @@ def cmd_cohorts_list(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps([r.to_dict() for r in records], indent=2, sort_keys=True))
         return 0
-    print(f"{'cohort_id':<60} {'target':<12} {'stage':<18} {'view':<16} {'symbol':<8} {'batch':<13} att layout")
+    print(
+        f"{'cohort_id':<60} {'target':<12} {'stage':<18} {'view':<16} {'symbol':<8} {'batch':<13} att layout"
+    )
     for r in records:
         print(
             f"{r.cohort_id:<60} {r.target:<12} {r.stage:<18} {r.view:<16} {r.symbol or '-':<8} "
@@ -141,7 +143,10 @@ def cmd_cohorts_diff(args: argparse.Namespace) -> int:
         a.get("metadata.json", {}),
         sha256_hex(json.dumps(snap_a, sort_keys=True).encode()),
     )
-    snap_b = {**b.get("snapshot.json", {}), "settings_values": b.get("metadata.json", {}).get("settings", {})}
+    snap_b = {
+        **b.get("snapshot.json", {}),
+        "settings_values": b.get("metadata.json", {}).get("settings", {}),
+    }
     print(json.dumps(build_diff_prev(snap_b, baseline), indent=2, sort_keys=True))
     return 0
 

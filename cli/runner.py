@@ -70,7 +70,9 @@ def run_universe(
 
     home = ensure_dagster_home()
     warnings.filterwarnings("ignore", message=".*resolve_job_def.*")
-    defs = build_definitions(data_dir=data_dir, output_root=output_root, settings_path=settings_path)
+    defs = build_definitions(
+        data_dir=data_dir, output_root=output_root, settings_path=settings_path
+    )
     job = defs.resolve_job_def("cohortflow_job")
     outcomes: list[AttemptOutcome] = []
     with DagsterInstance.get() as instance:
@@ -93,11 +95,18 @@ def run_universe(
                 failure = next(
                     (e for e in result.all_events if e.event_type_value == "STEP_FAILURE"), None
                 )
-                detail = failure.event_specific_data.error.message.strip() if failure else "see the run's logs"
+                detail = (
+                    failure.event_specific_data.error.message.strip()
+                    if failure
+                    else "see the run's logs"
+                )
                 raise RunFailed(f"attempt {attempt} failed (run {result.run_id}): {detail}")
-            found = exclusions_of(defs.resources["cohortflow"].store(), settings.targets, batch, attempt)
+            found = exclusions_of(
+                defs.resources["cohortflow"].store(), settings.targets, batch, attempt
+            )
             leaks = {
-                t: [f"{e.feature} ({e.reason})" for e in excl.found_here()] for t, excl in found.items()
+                t: [f"{e.feature} ({e.reason})" for e in excl.found_here()]
+                for t, excl in found.items()
             }
             store = defs.resources["cohortflow"].store()
             outcomes.append(
@@ -123,7 +132,9 @@ def run_universe(
 
         folder = Scope(target, "TRAINING", "CROSS_SECTIONAL", batch, last).attempt_dir(store.root)
         evaluation[target] = store.read_json(folder / "evaluation" / "evaluation.json")
-    return RunResult(intake, output_root, outcomes, ranking, evaluation, str(home), settings.attempt_limit)
+    return RunResult(
+        intake, output_root, outcomes, ranking, evaluation, str(home), settings.attempt_limit
+    )
 
 
 def _stack_rank_ic(store: Any, target: str, batch: str, attempt: int) -> float | None:
@@ -140,7 +151,9 @@ def _stage_seconds(instance: Any, run_id: str) -> dict[str, float]:
 
     starts: dict[str, float] = {}
     out: dict[str, float] = {}
-    records = instance.all_logs(run_id, of_type={DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS})
+    records = instance.all_logs(
+        run_id, of_type={DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS}
+    )
     for rec in records:
         step = rec.step_key or ""
         if rec.dagster_event.event_type == DagsterEventType.STEP_START:
@@ -185,13 +198,16 @@ def summary_text(r: RunResult) -> str:
         lines.append(f"               stack rank IC on the held-out period: {ics}")
     lines.append(f"  targets ranked (attempt {r.attempts[-1].attempt}):")
     cols = [c for c in ("rank", "target", "score") if c in r.ranking.columns]
-    extra = [c for c in r.ranking.columns if c.endswith(("rank_ic", "icir")) and c.startswith("lightgbm")][:2]
+    extra = [
+        c for c in r.ranking.columns if c.endswith(("rank_ic", "icir")) and c.startswith("lightgbm")
+    ][:2]
     lines += ["    " + line for line in r.ranking[cols + extra].to_string(index=False).splitlines()]
     lines.append("  stacking, held-out test period (loaded from the saved model):")
     for target, ev in r.evaluation.items():
         m = ev["metrics_from_loaded_model"]
         parts = [
-            f"{name} r2={_fmt(v.get('r2'))} rank_ic={_fmt(v.get('rank_ic'))}" for name, v in m.items()
+            f"{name} r2={_fmt(v.get('r2'))} rank_ic={_fmt(v.get('rank_ic'))}"
+            for name, v in m.items()
         ]
         lines.append(f"    {target}: " + " | ".join(parts))
     root = Path(r.output_root).resolve() if "://" not in r.output_root else r.output_root

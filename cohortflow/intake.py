@@ -89,7 +89,9 @@ def load_registered(data_dir: str | Path, record: BatchRecord) -> Universe:
     for f in record.files:
         path = folder / f.name
         if not path.is_file():
-            raise DataError(path, f"file of batch {record.batch} is gone; restore it or drop the batch")
+            raise DataError(
+                path, f"file of batch {record.batch} is gone; restore it or drop the batch"
+            )
         digest = sha256_file(path)
         if digest != f.sha256:
             raise DataError(
@@ -114,7 +116,11 @@ def attempts_on_disk(root: Any, batch: str, targets: tuple[str, ...]) -> list[in
 
     found: set[int] = set()
     for target in targets:
-        folder = Scope(target, "TARGET_RANKING", "CROSS_SECTIONAL", batch, 0).attempt_dir(UPath(root)).parent
+        folder = (
+            Scope(target, "TARGET_RANKING", "CROSS_SECTIONAL", batch, 0)
+            .attempt_dir(UPath(root))
+            .parent
+        )
         if folder.exists():
             found.update(sorted_attempts(folder))
     return sorted(found)

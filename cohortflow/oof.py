@@ -287,7 +287,9 @@ def generate_oof(
             if subset not in cut:
                 cut[subset] = (matrices[subset][tr], matrices[subset][te])
             x_tr, x_te = cut[subset]
-            est = fit_base_model(name, settings, x_tr, y[tr], fold_params.get(fold.fold, params)[name])
+            est = fit_base_model(
+                name, settings, x_tr, y[tr], fold_params.get(fold.fold, params)[name]
+            )
             preds[name][te] = predict_base_model(name, est, x_te)
         log.debug("fold %d: %d train rows, %d test rows", fold.fold, len(tr), len(te))
 

@@ -50,7 +50,9 @@ def importance_bars(by_model: Mapping[str, pd.DataFrame], title: str, top: int =
 
 def bar_chart(labels: Sequence[str], values: Sequence[float], title: str, ylabel: str) -> bytes:
     with plt.rc_context(_STYLE):
-        fig, ax = plt.subplots(figsize=(max(3.0, 0.8 * len(labels) + 1.5), 2.8), layout="constrained")
+        fig, ax = plt.subplots(
+            figsize=(max(3.0, 0.8 * len(labels) + 1.5), 2.8), layout="constrained"
+        )
         colors = ["#55a868" if v >= 0 else "#c44e52" for v in values]
         ax.bar(list(labels), list(values), color=colors)
         ax.axhline(0, color="black", linewidth=0.6)

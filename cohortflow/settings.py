@@ -89,7 +89,9 @@ class Settings:
         if self.device not in ("cpu", "cuda"):
             raise SettingsError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         if self.meta_learner not in ("ridge", "logistic"):
-            raise SettingsError(f"meta_learner must be 'ridge' or 'logistic', got {self.meta_learner!r}")
+            raise SettingsError(
+                f"meta_learner must be 'ridge' or 'logistic', got {self.meta_learner!r}"
+            )
         for target in self.targets:
             validate_name("target", target)
 

@@ -106,7 +106,9 @@ def manifest_records(attempt_dir: Any) -> list[ManifestRecord]:
     folders, the completion marker and hidden (temporary/lock) files; sorted by path."""
     records = []
     for path in _walk_files(attempt_dir):
-        rel = path.relative_to(attempt_dir).as_posix() if hasattr(path, "relative_to") else str(path)
+        rel = (
+            path.relative_to(attempt_dir).as_posix() if hasattr(path, "relative_to") else str(path)
+        )
         parts = rel.split("/")
         if parts[0].startswith("cohort=") or rel == COMPLETE_MARKER:
             continue
@@ -213,7 +215,9 @@ def build_diff_prev(snapshot: Mapping[str, Any], baseline: Baseline) -> dict[str
             "attempt": baseline.snapshot.get("attempt"),
         },
         "verdict": _comparability(snapshot, baseline),
-        "metrics": diff_flat(baseline.snapshot.get("key_metrics", {}), snapshot.get("key_metrics", {})),
+        "metrics": diff_flat(
+            baseline.snapshot.get("key_metrics", {}), snapshot.get("key_metrics", {})
+        ),
         "settings": diff_flat(
             baseline.metadata.get("settings", {}), snapshot.get("settings_values", {})
         ),
@@ -225,7 +229,9 @@ def build_diff_prev(snapshot: Mapping[str, Any], baseline: Baseline) -> dict[str
             "added": sorted(set(new_excl) - set(old_excl)),
             "removed": sorted(set(old_excl) - set(new_excl)),
         },
-        "fingerprints": diff_flat(baseline.snapshot.get("fingerprints", {}), snapshot.get("fingerprints", {})),
+        "fingerprints": diff_flat(
+            baseline.snapshot.get("fingerprints", {}), snapshot.get("fingerprints", {})
+        ),
     }
 
 
@@ -248,7 +254,9 @@ def build_drift(
                 "std_shift": shift,
             }
     metrics = {}
-    for key, entry in diff_flat(baseline.snapshot.get("key_metrics", {}), snapshot["key_metrics"]).items():
+    for key, entry in diff_flat(
+        baseline.snapshot.get("key_metrics", {}), snapshot["key_metrics"]
+    ).items():
         rel = None
         if "delta" in entry and entry["old"]:
             rel = entry["delta"] / abs(entry["old"])

@@ -141,7 +141,9 @@ class Store:
     def work_dir(self, batch: str) -> Any:
         return self.root / WORK_DIR / f"batch_{validate_batch(batch)}"
 
-    def write_frame(self, batch: str, name: str, frame: pd.DataFrame, info: Mapping) -> list[WrittenFile]:
+    def write_frame(
+        self, batch: str, name: str, frame: pd.DataFrame, info: Mapping
+    ) -> list[WrittenFile]:
         """Batch-level working data (bars, the feature panel): parquet plus a JSON sidecar."""
         validate_name("artifact", name)
         folder = self.work_dir(batch)
@@ -165,7 +167,9 @@ class Store:
         """The validated bars of a universe (long format) and what it is."""
         frames = [universe.bars[s].assign(symbol=s) for s in universe.symbols]
         long = pd.concat(frames, ignore_index=True)
-        long = long[["timestamp", "symbol", *[c for c in long.columns if c not in ("timestamp", "symbol")]]]
+        long = long[
+            ["timestamp", "symbol", *[c for c in long.columns if c not in ("timestamp", "symbol")]]
+        ]
         info = {
             "universe_sig": universe.universe_sig,
             "symbols": list(universe.symbols),
@@ -174,7 +178,9 @@ class Store:
                 {"symbol": f.symbol, "name": f.path.name, "sha256": f.sha256, "size": f.size}
                 for f in universe.files
             ],
-            "skipped": [{"symbol": k.symbol, "path": k.path, "reason": k.reason} for k in universe.skipped],
+            "skipped": [
+                {"symbol": k.symbol, "path": k.path, "reason": k.reason} for k in universe.skipped
+            ],
             "columns": {s: list(universe.bars[s].columns) for s in universe.symbols},
         }
         return self.write_frame(universe.batch, "bars", long, info)
@@ -193,18 +199,25 @@ class Store:
         universe = Universe(
             symbols=tuple(info["symbols"]),
             files=tuple(
-                SymbolFile(f["symbol"], data_dir / f["name"], f["sha256"], f["size"]) for f in info["files"]
+                SymbolFile(f["symbol"], data_dir / f["name"], f["sha256"], f["size"])
+                for f in info["files"]
             ),
             bars=bars,
             skipped=tuple(Skipped(**k) for k in info["skipped"]),
             data_dir=data_dir,
         )
         if universe.universe_sig != info["universe_sig"]:
-            raise StoreError(f"{self.work_dir(batch)}: stored bars do not match universe {info['universe_sig']}")
+            raise StoreError(
+                f"{self.work_dir(batch)}: stored bars do not match universe {info['universe_sig']}"
+            )
         return universe
 
     def write_panel(self, batch: str, panel: Any) -> list[WrittenFile]:
-        info = {"computed": list(panel.computed), "user": list(panel.user), "horizons": list(panel.horizons)}
+        info = {
+            "computed": list(panel.computed),
+            "user": list(panel.user),
+            "horizons": list(panel.horizons),
+        }
         return self.write_frame(batch, "panel", panel.frame, info)
 
     def read_panel(self, batch: str) -> Any:
@@ -223,7 +236,9 @@ class Store:
             for child in sorted(sy_root.iterdir(), key=lambda p: p.name):
                 if child.name.startswith("symbol="):
                     try:
-                        scope = Scope(target, stage, "SYMBOL_SPECIFIC", batch, attempt, child.name[7:])
+                        scope = Scope(
+                            target, stage, "SYMBOL_SPECIFIC", batch, attempt, child.name[7:]
+                        )
                     except InvalidNameError:  # a stray folder must not break every reader
                         log.warning("skipping %s: not a symbol folder of this tree", child)
                         continue
@@ -247,12 +262,18 @@ class Store:
         """``items``: scope -> :class:`cohortflow.leakage.Exclusions` (YAML, sorted)."""
         return self.write_attempt_files(
             {
-                s: {s.exclusions_path(self.root).relative_to(s.attempt_dir(self.root)).as_posix(): yaml_bytes(e.to_dict())}
+                s: {
+                    s.exclusions_path(self.root)
+                    .relative_to(s.attempt_dir(self.root))
+                    .as_posix(): yaml_bytes(e.to_dict())
+                }
                 for s, e in items.items()
             }
         )
 
-    def read_exclusions(self, target: str, batch: str, attempt: int, stage: str = "TARGET_RANKING") -> dict[Scope, Any]:
+    def read_exclusions(
+        self, target: str, batch: str, attempt: int, stage: str = "TARGET_RANKING"
+    ) -> dict[Scope, Any]:
         from cohortflow.leakage import Exclusions
 
         out = {}
@@ -268,17 +289,23 @@ class Store:
         return out
 
     # ---------------------------------------------------------------- importances
-    def write_importances(self, items: Mapping[Scope, Mapping[str, pd.DataFrame]]) -> list[WrittenFile]:
+    def write_importances(
+        self, items: Mapping[Scope, Mapping[str, pd.DataFrame]]
+    ) -> list[WrittenFile]:
         files = {}
         for scope, by_model in items.items():
             base = scope.attempt_dir(self.root)
             files[scope] = {
-                scope.importances_path(self.root, model).relative_to(base).as_posix(): csv_bytes(frame)
+                scope.importances_path(self.root, model).relative_to(base).as_posix(): csv_bytes(
+                    frame
+                )
                 for model, frame in by_model.items()
             }
         return self.write_attempt_files(files)
 
-    def read_importances(self, target: str, stage: str, batch: str, attempt: int) -> dict[Scope, dict[str, pd.DataFrame]]:
+    def read_importances(
+        self, target: str, stage: str, batch: str, attempt: int
+    ) -> dict[Scope, dict[str, pd.DataFrame]]:
         out: dict[Scope, dict[str, pd.DataFrame]] = {}
         for scope in self.scopes(target, stage, batch, attempt):
             folder = scope.attempt_dir(self.root) / "feature_importances"
@@ -296,12 +323,18 @@ class Store:
     def write_featuresets(self, items: Mapping[Scope, Any]) -> list[WrittenFile]:
         return self.write_attempt_files(
             {
-                s: {s.featureset_path(self.root).relative_to(s.attempt_dir(self.root)).as_posix(): canonical_json_bytes(fs.to_dict())}
+                s: {
+                    s.featureset_path(self.root)
+                    .relative_to(s.attempt_dir(self.root))
+                    .as_posix(): canonical_json_bytes(fs.to_dict())
+                }
                 for s, fs in items.items()
             }
         )
 
-    def read_featuresets(self, target: str, batch: str, attempt: int, stage: str = "FEATURE_SELECTION") -> dict[Scope, Any]:
+    def read_featuresets(
+        self, target: str, batch: str, attempt: int, stage: str = "FEATURE_SELECTION"
+    ) -> dict[Scope, Any]:
         from cohortflow.selection import Featureset
 
         out = {}
@@ -317,7 +350,13 @@ class Store:
         return out
 
     # ---------------------------------------------------------------- OOF
-    def write_oof(self, scope: Scope, frame: pd.DataFrame, fold_plan: Mapping, extra: Mapping[str, Any] | None = None) -> list[WrittenFile]:
+    def write_oof(
+        self,
+        scope: Scope,
+        frame: pd.DataFrame,
+        fold_plan: Mapping,
+        extra: Mapping[str, Any] | None = None,
+    ) -> list[WrittenFile]:
         from cohortflow.oof import (
             parquet_bytes as oof_parquet_bytes,  # fixed schema, no pandas metadata
         )
@@ -326,11 +365,16 @@ class Store:
             self._begin_attempt_write(scope)
             written = [
                 self._write(scope.oof_path(self.root), oof_parquet_bytes(frame), rows=len(frame)),
-                self._write(scope.fold_plan_path(self.root, "oof"), canonical_json_bytes(fold_plan)),
+                self._write(
+                    scope.fold_plan_path(self.root, "oof"), canonical_json_bytes(fold_plan)
+                ),
             ]
             if extra:
                 written.append(
-                    self._write(scope.attempt_dir(self.root) / "oof" / "oof_metrics.json", canonical_json_bytes(extra))
+                    self._write(
+                        scope.attempt_dir(self.root) / "oof" / "oof_metrics.json",
+                        canonical_json_bytes(extra),
+                    )
                 )
         return written
 
@@ -380,8 +424,12 @@ class Store:
         return read_parquet(path)
 
     # ---------------------------------------------------------------- any folder of files
-    def write_folder(self, scope: Scope, folder: str, files: Mapping[str, bytes]) -> list[WrittenFile]:
-        return self.write_attempt_files({scope: {f"{folder}/{name}": data for name, data in files.items()}})
+    def write_folder(
+        self, scope: Scope, folder: str, files: Mapping[str, bytes]
+    ) -> list[WrittenFile]:
+        return self.write_attempt_files(
+            {scope: {f"{folder}/{name}": data for name, data in files.items()}}
+        )
 
     # ---------------------------------------------------------------- cohort snapshots
     def write_stage_snapshots(self, result: StageSnapshots) -> list[WrittenFile]:
@@ -409,13 +457,17 @@ class Store:
                     for optional in ("diff_prev.json", "drift.json"):
                         if optional not in files.documents:
                             remove_file(cohort_dir / optional)
-                    indexed.append((scope.record(files.cohort_id, draft.universe_sig), dict(draft.key_metrics)))
+                    indexed.append(
+                        (scope.record(files.cohort_id, draft.universe_sig), dict(draft.key_metrics))
+                    )
                     cohort_ids.append(files.cohort_id)
                 marker = {
                     "artifacts_manifest_sha256": manifest_sha256(records),
                     "cohorts": sorted(cohort_ids),
                 }
-                written.append(self._write(scope.complete_marker(self.root), canonical_json_bytes(marker)))
+                written.append(
+                    self._write(scope.complete_marker(self.root), canonical_json_bytes(marker))
+                )
                 # indexed only once complete: the index never lists a half-written attempt
                 index.add_many(indexed)
         return written
@@ -433,7 +485,8 @@ class Store:
         candidates = [
             r
             for r in index.list(target=s.target, stage=s.stage, view=s.view, symbol=s.symbol)
-            if r.cohort_id != draft.cohort_id and (s.view == "SYMBOL_SPECIFIC" or r.batch == s.batch)
+            if r.cohort_id != draft.cohort_id
+            and (s.view == "SYMBOL_SPECIFIC" or r.batch == s.batch)
         ]
         same_batch = [r for r in candidates if r.batch == s.batch]
         earlier = [r for r in same_batch if r.attempt < s.attempt]
@@ -478,12 +531,23 @@ class Store:
 
         snapshot = load("snapshot.json")
         metrics = load("metrics.json")
-        if snapshot and metrics and snapshot.get("scoring_schema_version") != metrics.get("schema", {}).get("scoring"):
+        if (
+            snapshot
+            and metrics
+            and snapshot.get("scoring_schema_version") != metrics.get("schema", {}).get("scoring")
+        ):
             raise StoreError(
                 f"{folder}: snapshot.json scoring_schema_version {snapshot.get('scoring_schema_version')} "
                 f"!= metrics.json schema.scoring {metrics.get('schema', {}).get('scoring')}"
             )
-        return CohortView(record, load("metadata.json") or {}, metrics or {}, snapshot or {}, load("diff_prev.json"), load("drift.json"))
+        return CohortView(
+            record,
+            load("metadata.json") or {},
+            metrics or {},
+            snapshot or {},
+            load("diff_prev.json"),
+            load("drift.json"),
+        )
 
     # ---------------------------------------------------------------- verification
     def verify_manifest(self, scope: Scope) -> tuple[bool, str]:
@@ -500,11 +564,19 @@ class Store:
 
     # ---------------------------------------------------------------- reports
     def report_dir(self, batch: str, attempt: int) -> Any:
-        return self.root / REPORTS_DIR / f"batch_{validate_batch(batch)}" / f"attempt_{int(attempt)}"
+        return (
+            self.root / REPORTS_DIR / f"batch_{validate_batch(batch)}" / f"attempt_{int(attempt)}"
+        )
 
-    def write_report(self, batch: str, attempt: int, name: str, frame: pd.DataFrame) -> list[WrittenFile]:
+    def write_report(
+        self, batch: str, attempt: int, name: str, frame: pd.DataFrame
+    ) -> list[WrittenFile]:
         validate_name("report", name)
-        return [self._write(self.report_dir(batch, attempt) / f"{name}.csv", csv_bytes(frame), rows=len(frame))]
+        return [
+            self._write(
+                self.report_dir(batch, attempt) / f"{name}.csv", csv_bytes(frame), rows=len(frame)
+            )
+        ]
 
     def read_report(self, batch: str, attempt: int, name: str) -> pd.DataFrame:
         path = self.report_dir(batch, attempt) / f"{name}.csv"

@@ -25,7 +25,9 @@ class Verdict:
 
 def _verdict(problems: list[str], ok: str, **metadata: Any) -> Verdict:
     if problems:
-        return Verdict(False, "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else ""), metadata)
+        return Verdict(
+            False, "; ".join(problems[:5]) + (" ..." if len(problems) > 5 else ""), metadata
+        )
     return Verdict(True, ok, metadata)
 
 
@@ -36,7 +38,9 @@ def leaks_remaining(store: Store, target: str, batch: str, attempt: int) -> Verd
     names = [f"{e.feature} ({e.reason})" for e in found]
     return Verdict(
         not found,
-        f"leaks found in attempt {attempt}: {', '.join(names)}" if found else f"no leak remains in attempt {attempt}",
+        f"leaks found in attempt {attempt}: {', '.join(names)}"
+        if found
+        else f"no leak remains in attempt {attempt}",
         {"leaks_found": len(found), "excluded_total": len(cs.excluded())},
     )
 
@@ -51,7 +55,9 @@ def importances_schema(store: Store, target: str, batch: str, attempt: int) -> V
             where = f"{scope.attempt_relpath()}/feature_importances/{model}_importances.csv"
             # the four documented columns first; a model may add its own (permutation: t_stat)
             if list(frame.columns)[: len(IMPORTANCE_COLUMNS)] != IMPORTANCE_COLUMNS:
-                problems.append(f"{where}: columns {list(frame.columns)} do not start with {IMPORTANCE_COLUMNS}")
+                problems.append(
+                    f"{where}: columns {list(frame.columns)} do not start with {IMPORTANCE_COLUMNS}"
+                )
                 continue
             if frame["feature"].duplicated().any():
                 problems.append(f"{where}: duplicate features")
@@ -96,7 +102,9 @@ def oof_schema(store: Store, target: str, batch: str, attempt: int) -> Verdict:
     for key in ("horizon", "embargo", "folds"):
         if key not in plan:
             problems.append(f"fold_plan.json lacks {key!r}")
-    return _verdict(problems, f"{len(frame)} OOF rows, {len(preds)} models", rows=len(frame), models=len(preds))
+    return _verdict(
+        problems, f"{len(frame)} OOF rows, {len(preds)} models", rows=len(frame), models=len(preds)
+    )
 
 
 def stacking_files(store: Store, target: str, batch: str, attempt: int) -> Verdict:
@@ -146,7 +154,9 @@ def comparability(store: Store, target: str, stage: str, batch: str, attempt: in
         compared += 1
         verdict = c.diff_prev.get("verdict", {})
         if not verdict.get("comparable", False):
-            problems.append(f"{c.record.path}: not comparable: {', '.join(verdict.get('reasons', []))}")
+            problems.append(
+                f"{c.record.path}: not comparable: {', '.join(verdict.get('reasons', []))}"
+            )
     ok = f"{compared} cohorts comparable with their baseline" if compared else "no baseline yet"
     return _verdict(problems, ok, compared=compared)
 

@@ -34,7 +34,9 @@ def _cs(target: str, stage: str, batch: str, attempt: int) -> Scope:
     return Scope(target, stage, "CROSS_SECTIONAL", batch, attempt)
 
 
-def _write_oof(store: Store, target: str, batch: str, attempt: int, value: Any) -> list[WrittenFile]:
+def _write_oof(
+    store: Store, target: str, batch: str, attempt: int, value: Any
+) -> list[WrittenFile]:
     scope = _cs(target, "TRAINING", batch, attempt)
     extra = {
         "folds": list(value.fold_metrics),
@@ -48,7 +50,9 @@ def _write_oof(store: Store, target: str, batch: str, attempt: int, value: Any) 
     if any(value.params.values()):
         from cohortflow.canonical import canonical_json_bytes
 
-        written += store.write_folder(scope, "tuning", {"tuned_params.json": canonical_json_bytes(dict(value.params))})
+        written += store.write_folder(
+            scope, "tuning", {"tuned_params.json": canonical_json_bytes(dict(value.params))}
+        )
     return written
 
 
@@ -69,7 +73,9 @@ def _read_oof(store: Store, target: str, batch: str, attempt: int) -> Any:
     )
 
 
-def _write_stacking(store: Store, target: str, batch: str, attempt: int, value: Any) -> list[WrittenFile]:
+def _write_stacking(
+    store: Store, target: str, batch: str, attempt: int, value: Any
+) -> list[WrittenFile]:
     return store.write_stacking(_cs(target, "TRAINING", batch, attempt), value)
 
 
@@ -77,7 +83,9 @@ def _read_stacking(store: Store, target: str, batch: str, attempt: int) -> Any:
     return store.read_stacking(_cs(target, "TRAINING", batch, attempt))
 
 
-def _write_evaluation(store: Store, target: str, batch: str, attempt: int, value: Any) -> list[WrittenFile]:
+def _write_evaluation(
+    store: Store, target: str, batch: str, attempt: int, value: Any
+) -> list[WrittenFile]:
     from cohortflow.canonical import canonical_json_bytes
 
     scope = _cs(target, "TRAINING", batch, attempt)
@@ -151,7 +159,9 @@ class CanonicalStoreIOManager(ConfigurableIOManager):
             written = self._write_one(context, kind, keys[0] if keys else None, obj)
         context.add_output_metadata(self._metadata(written))
 
-    def _write_one(self, context: OutputContext, kind: str, key: Any, obj: Any) -> list[WrittenFile]:
+    def _write_one(
+        self, context: OutputContext, kind: str, key: Any, obj: Any
+    ) -> list[WrittenFile]:
         store = self.store()
         batch, attempt = split_key(key)
         if kind == "universe_bars":
@@ -166,7 +176,8 @@ class CanonicalStoreIOManager(ConfigurableIOManager):
             return {"files": 0}
         main = max(written, key=lambda w: (w.rows is not None, w.size))
         listing = "\n".join(
-            f"| `{w.relpath}` | {w.size:,} | `{w.sha256[:12]}` |" for w in sorted(written, key=lambda w: w.relpath)
+            f"| `{w.relpath}` | {w.size:,} | `{w.sha256[:12]}` |"
+            for w in sorted(written, key=lambda w: w.relpath)
         )
         meta: dict[str, Any] = {
             "path": MetadataValue.path(str(self.store().root / main.relpath)),

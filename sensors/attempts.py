@@ -1,6 +1,5 @@
 """The attempt sensor: when a run of attempt n succeeds and found leaks, start n+1."""
 
-
 from dagster import (
     DagsterRunStatus,
     RunRequest,
@@ -50,14 +49,18 @@ def attempt_sensor(context: RunStatusSensorContext, cohortflow: CohortflowResour
         if not Scope(t, "TRAINING", "CROSS_SECTIONAL", batch, attempt).complete_marker(store.root).exists()
     ]  # fmt: skip
     if unfinished:
-        return SkipReason(f"batch {batch} attempt {attempt} is not complete yet: {', '.join(unfinished)}")
+        return SkipReason(
+            f"batch {batch} attempt {attempt} is not complete yet: {', '.join(unfinished)}"
+        )
     try:
         found = exclusions_of(cohortflow.store(), settings.targets, batch, attempt)
     except ArtifactNotFoundError as exc:
         return SkipReason(f"attempt {attempt} of {batch} is not complete: {exc}")
     nxt = decide_next_attempt(found, attempt, settings.attempt_limit)
     if nxt is None:
-        return SkipReason(f"batch {batch} attempt {attempt}: no leak remains or the limit is reached")
+        return SkipReason(
+            f"batch {batch} attempt {attempt}: no leak remains or the limit is reached"
+        )
     return SensorResult(
         run_requests=[
             RunRequest(

@@ -1,7 +1,6 @@
 """The data sensor: a new universe adds a batch partition and requests attempt 0;
 changed files of a known universe re-request its latest attempt."""
 
-
 import json
 
 from dagster import RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
@@ -35,7 +34,9 @@ def data_sensor(context: SensorEvaluationContext, cohortflow: CohortflowResource
         return SkipReason(f"cannot use the data folder: {exc}")
     batch = intake.record.batch
     # a short fingerprint of the files' contents: run keys and cursors stay small at 500 symbols
-    data_fp = sha256_hex(",".join(f"{f.symbol}:{f.sha256}" for f in intake.record.files).encode())[:16]
+    data_fp = sha256_hex(",".join(f"{f.symbol}:{f.sha256}" for f in intake.record.files).encode())[
+        :16
+    ]
     new_cursor = json.dumps({"folder": signature, "batch": batch, "data": data_fp}, sort_keys=True)
     known = context.instance.has_dynamic_partition(batch_partitions.name, batch)
     attempts = attempts_on_disk(cohortflow.output_root, batch, settings.targets)
@@ -53,7 +54,10 @@ def data_sensor(context: SensorEvaluationContext, cohortflow: CohortflowResource
             RunRequest(
                 run_key=f"{batch}:{attempt}:{data_fp}",
                 partition_key=attempt_key(batch, attempt),
-                tags={"cohortflow/reason": reason, "cohortflow/symbols": ",".join(intake.record.symbols)},
+                tags={
+                    "cohortflow/reason": reason,
+                    "cohortflow/symbols": ",".join(intake.record.symbols),
+                },
             )
         ],
         dynamic_partitions_requests=requests,

@@ -367,7 +367,10 @@ def test_exactly_min_rows_is_kept(tmp_path):
 def test_no_symbol_long_enough(tmp_path):
     write(tmp_path / "FB.csv", bars_frame(n=15))
     write(tmp_path / "TINY.parquet", bars_frame(n=11))
-    with fails(tmp_path, r"no symbol has at least min_rows=20 rows: FB.csv \(15 rows\), TINY.parquet \(11 rows\)"):
+    with fails(
+        tmp_path,
+        r"no symbol has at least min_rows=20 rows: FB.csv \(15 rows\), TINY.parquet \(11 rows\)",
+    ):
         load_universe(tmp_path, Settings(min_rows=20))
 
 

@@ -93,7 +93,11 @@ def _cases() -> dict[str, tuple]:
 
 @pytest.mark.parametrize("case", list(_cases()))
 def test_bad_input_stops_with_one_clear_error_and_writes_nothing(
-    case: str, tmp_path: Path, capsys: pytest.CaptureFixture, fast_settings_path: Path, dagster_home: Path
+    case: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    fast_settings_path: Path,
+    dagster_home: Path,
 ):
     import re
 
@@ -101,7 +105,9 @@ def test_bad_input_stops_with_one_clear_error_and_writes_nothing(
     data = tmp_path / "data"
     bad_path, problem = make(data)
     out = tmp_path / "out"
-    code = main(["run", "--data", str(data), "--out", str(out), "--settings", str(fast_settings_path)])
+    code = main(
+        ["run", "--data", str(data), "--out", str(out), "--settings", str(fast_settings_path)]
+    )
     err = capsys.readouterr().err
     assert code == 2
     lines = [line for line in err.splitlines() if line.startswith("cohortflow: error:")]

@@ -12,7 +12,18 @@ import pytest
 from cli.main import main
 
 FIXTURES = Path(__file__).parent / "fixtures" / "layouts"
-JSON_KEYS = {"cohort_id", "target", "stage", "view", "batch", "universe_sig", "symbol", "attempt", "layout", "path"}
+JSON_KEYS = {
+    "cohort_id",
+    "target",
+    "stage",
+    "view",
+    "batch",
+    "universe_sig",
+    "symbol",
+    "attempt",
+    "layout",
+    "path",
+}
 
 
 @pytest.fixture
@@ -34,7 +45,13 @@ def test_list_json_covers_every_layout_with_the_documented_fields(every_layout: 
     assert rows, "no cohort listed"
     assert all(set(r) >= JSON_KEYS for r in rows)
     layouts = {r["layout"] for r in rows}
-    assert layouts == {"current", "batch_without_attempt", "legacy_universe", "flat", "symbol_older"}
+    assert layouts == {
+        "current",
+        "batch_without_attempt",
+        "legacy_universe",
+        "flat",
+        "symbol_older",
+    }
     for r in rows:
         assert isinstance(r["attempt"], int)
         assert r["batch"] is None or len(r["batch"]) == 12
@@ -45,8 +62,14 @@ def test_list_json_covers_every_layout_with_the_documented_fields(every_layout: 
 
 def test_attempts_sort_by_number_not_name(every_layout: Path, capsys):
     rows = [r for r in _list(every_layout, capsys) if r["layout"] == "current"]
-    attempts = [r["attempt"] for r in rows if r["view"] == "CROSS_SECTIONAL" and r["batch"] == rows[0]["batch"]
-                and r["target"] == rows[0]["target"] and r["stage"] == rows[0]["stage"]]
+    attempts = [
+        r["attempt"]
+        for r in rows
+        if r["view"] == "CROSS_SECTIONAL"
+        and r["batch"] == rows[0]["batch"]
+        and r["target"] == rows[0]["target"]
+        and r["stage"] == rows[0]["stage"]
+    ]
     if 10 in attempts and 2 in attempts:
         assert attempts.index(10) < attempts.index(2)  # newest first: attempt_10 before attempt_2
 
@@ -75,7 +98,18 @@ def test_show_and_diff(every_layout: Path, capsys):
 
 
 def test_unknown_cohort_is_a_clear_error(every_layout: Path, capsys):
-    assert main(["cohorts", "show", "cs_2025Q1_000000000000_min_cs1_max1_v1_00000000", "--root", str(every_layout)]) == 2
+    assert (
+        main(
+            [
+                "cohorts",
+                "show",
+                "cs_2025Q1_000000000000_min_cs1_max1_v1_00000000",
+                "--root",
+                str(every_layout),
+            ]
+        )
+        == 2
+    )
     assert "cohortflow: error:" in capsys.readouterr().err
 
 

@@ -57,7 +57,12 @@ def test_core_package_never_imports_dagster():
                 names = [a.name for a in node.names]
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module]
-            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] in ("dagster", "assets", "resources", "io_managers", "sensors", "cli")]
+            offenders += [
+                f"{path.name}: {n}"
+                for n in names
+                if n.split(".")[0]
+                in ("dagster", "assets", "resources", "io_managers", "sensors", "cli")
+            ]
     assert offenders == []
 
 
@@ -73,10 +78,20 @@ def test_no_pickle_in_the_code():
 
 @pytest.mark.slow
 def test_dagster_definitions_validate_passes(tmp_path: Path):
-    env = {"PATH": str(Path(sys.executable).parent), "DAGSTER_HOME": str(tmp_path), "HOME": str(tmp_path)}
+    env = {
+        "PATH": str(Path(sys.executable).parent),
+        "DAGSTER_HOME": str(tmp_path),
+        "HOME": str(tmp_path),
+    }
     (tmp_path / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
     proc = subprocess.run(
-        [str(Path(sys.executable).parent / "dagster"), "definitions", "validate", "-w", "workspace.yaml"],
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "definitions",
+            "validate",
+            "-w",
+            "workspace.yaml",
+        ],
         cwd=PROJECT,
         env=env,
         capture_output=True,

@@ -1,6 +1,6 @@
 """The whole graph on a synthetic universe with known truth (``cli.runner.run_universe``).
 
-6 symbols × 600 bars, horizons 5 and 10 (the planted signal horizon is 10). Attempt 0
+8 symbols × 900 bars (5 folds), horizons 5 and 10 (the planted signal horizon is 10). Attempt 0
 must find both planted leaks, attempt 1 must find none and be the last; the planted
 signals survive selection, the noise mostly does not, fwd_ret_10 ranks first, and every
 attempt folder holds exactly the files of DESIGN §2 with consistent snapshots.
@@ -74,8 +74,13 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
     from cohortflow.synthetic import generate
 
     base = tmp_path_factory.mktemp("pipeline")
-    truth = generate(base / "data", fmt="parquet", n_symbols=6, n_bars=600, n_noise=4, seed=1)
-    settings = write_settings(base / "settings.yaml", name_rules=["fwd_", "target", "label"])
+    truth = generate(base / "data", fmt="parquet", n_symbols=8, n_bars=900, n_noise=4, seed=1)
+    settings = write_settings(
+        base / "settings.yaml",
+        name_rules=["fwd_", "target", "label"],
+        n_splits=5,
+        permutation_repeats=2,
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("DAGSTER_HOME", str(in_memory_dagster_home(base / "dagster_home")))
         t0 = time.perf_counter()
@@ -194,7 +199,7 @@ def test_attempt0_exclusions_list_both_planted_leaks_with_numeric_evidence(
         evidence = entry["evidence"]
         assert evidence["threshold"] == pytest.approx(0.3)
         assert abs(evidence["rank_ic"]) > evidence["threshold"]
-        assert evidence["rows"] > 2000 and evidence["folds"] == 3
+        assert evidence["rows"] > 2000 and evidence["folds"] == 5
     # the planted leaks are far above the honest features (median |rank IC| ~ 0.05)
     assert min(abs(entries[n]["evidence"]["rank_ic"]) for n in LEAKS) > 0.5
 
@@ -310,8 +315,9 @@ def test_snapshots_agree_with_metrics_and_the_files_on_disk(pipeline: Pipeline) 
                     assert metadata["attempt"] == attempt and metadata["batch"] == pipeline.batch
                     assert set(metadata["run"]) >= {"dagster_run_id", "finished_at", "host"}
                     count += 1
-    # 2 targets × (TR: 1 + 6 symbols, FS: 1 + 6, TRAINING: 1) × 2 attempts
-    assert count == 2 * 15 * 2
+    assert (
+        count == 2 * (2 * (1 + 8) + 1) * 2
+    )  # targets x (TR, FS: CS + 8 symbols; TRAINING) x attempts
 
 
 def test_attempt1_diff_prev_names_its_baseline_and_the_removed_leaks(pipeline: Pipeline) -> None:

@@ -16,9 +16,16 @@ from definitions import build_definitions
 
 
 def _tick(defs, inst: DagsterInstance, name: str, cursor: str | None):
-    sensor = defs.resolve_sensor_def(name) if hasattr(defs, "resolve_sensor_def") else defs.get_sensor_def(name)
+    sensor = (
+        defs.resolve_sensor_def(name)
+        if hasattr(defs, "resolve_sensor_def")
+        else defs.get_sensor_def(name)
+    )
     ctx = build_sensor_context(
-        instance=inst, instance_ref=inst.get_ref(), definitions=defs, cursor=cursor,
+        instance=inst,
+        instance_ref=inst.get_ref(),
+        definitions=defs,
+        cursor=cursor,
         resources={"cohortflow": defs.resources["cohortflow"]},
     )
     data = sensor.evaluate_tick(ctx)
@@ -28,7 +35,9 @@ def _tick(defs, inst: DagsterInstance, name: str, cursor: str | None):
     return data
 
 
-def test_data_sensor_new_universe_then_nothing_then_changed_file(tmp_path: Path, small_universe, fast_settings_path):
+def test_data_sensor_new_universe_then_nothing_then_changed_file(
+    tmp_path: Path, small_universe, fast_settings_path
+):
     data, _ = small_universe
     out = tmp_path / "out"
     defs = build_definitions(str(data), str(out), str(fast_settings_path))
@@ -64,7 +73,9 @@ def test_data_sensor_new_universe_then_nothing_then_changed_file(tmp_path: Path,
         assert fourth.run_requests[0].run_key != req.run_key
 
 
-def test_data_sensor_names_an_unreadable_file_in_the_skip_reason(tmp_path: Path, small_universe, fast_settings_path):
+def test_data_sensor_names_an_unreadable_file_in_the_skip_reason(
+    tmp_path: Path, small_universe, fast_settings_path
+):
     data, _ = small_universe
     (data / "BROKEN.csv").write_text("timestamp,close\n2020-01-01,abc\n")
     defs = build_definitions(str(data), str(tmp_path / "out"), str(fast_settings_path))
@@ -75,7 +86,9 @@ def test_data_sensor_names_an_unreadable_file_in_the_skip_reason(tmp_path: Path,
         assert inst.get_dynamic_partitions("universe_batch") == []
 
 
-def test_data_sensor_new_symbol_is_a_new_universe(tmp_path: Path, small_universe, fast_settings_path):
+def test_data_sensor_new_symbol_is_a_new_universe(
+    tmp_path: Path, small_universe, fast_settings_path
+):
     data, _ = small_universe
     defs = build_definitions(str(data), str(tmp_path / "out"), str(fast_settings_path))
     with instance_for_test() as inst:
@@ -109,15 +122,25 @@ def _finished_run(inst: DagsterInstance, partition: str):
     return run, event
 
 
-def _write_attempt(root: Path, targets, batch: str, attempt: int, leaks: dict[str, list[str]], complete=True):
+def _write_attempt(
+    root: Path, targets, batch: str, attempt: int, leaks: dict[str, list[str]], complete=True
+):
     from cohortflow.layout import Scope
     from cohortflow.leakage import Exclusion, Exclusions
     from cohortflow.store import Store
 
     store = Store(root)
     for t in targets:
-        entries = tuple(Exclusion(f, "lookahead", {"rows_changed": 5}, attempt) for f in leaks.get(t, []))
-        store.write_exclusions({Scope(t, "TARGET_RANKING", "CROSS_SECTIONAL", batch, attempt): Exclusions(t, attempt, entries)})
+        entries = tuple(
+            Exclusion(f, "lookahead", {"rows_changed": 5}, attempt) for f in leaks.get(t, [])
+        )
+        store.write_exclusions(
+            {
+                Scope(t, "TARGET_RANKING", "CROSS_SECTIONAL", batch, attempt): Exclusions(
+                    t, attempt, entries
+                )
+            }
+        )
         if complete:
             marker = Scope(t, "TRAINING", "CROSS_SECTIONAL", batch, attempt).complete_marker(root)
             marker.parent.mkdir(parents=True, exist_ok=True)
@@ -132,7 +155,9 @@ def _write_attempt(root: Path, targets, batch: str, attempt: int, leaks: dict[st
         ({"fwd_ret_5": ["demo_leak_centered_ret"]}, False, None),  # attempt not finished -> wait
     ],
 )
-def test_attempt_sensor_starts_the_next_attempt_only_after_leaks(tmp_path: Path, fast_settings_path, leaks, complete, expected):
+def test_attempt_sensor_starts_the_next_attempt_only_after_leaks(
+    tmp_path: Path, fast_settings_path, leaks, complete, expected
+):
     from dagster import SensorResult, build_run_status_sensor_context
 
     from sensors.attempts import attempt_sensor
@@ -144,7 +169,10 @@ def test_attempt_sensor_starts_the_next_attempt_only_after_leaks(tmp_path: Path,
     with instance_for_test() as inst:
         run, event = _finished_run(inst, f"0|{batch}")
         ctx = build_run_status_sensor_context(
-            sensor_name="attempt_sensor", dagster_instance=inst, dagster_run=run, dagster_event=event,
+            sensor_name="attempt_sensor",
+            dagster_instance=inst,
+            dagster_run=run,
+            dagster_event=event,
             resources={"cohortflow": defs.resources["cohortflow"]},
         )
         result = attempt_sensor(ctx)
@@ -164,12 +192,17 @@ def test_attempt_limit_stops_the_loop(tmp_path: Path, fast_settings_path):
 
     out = tmp_path / "out"
     batch = "ab12cd34ef56"
-    defs = build_definitions(str(tmp_path / "data"), str(out), str(fast_settings_path))  # attempt_limit 2
+    defs = build_definitions(
+        str(tmp_path / "data"), str(out), str(fast_settings_path)
+    )  # attempt_limit 2
     _write_attempt(out, ("fwd_ret_5", "fwd_ret_10"), batch, 1, {"fwd_ret_5": ["x_leak"]})
     with instance_for_test() as inst:
         run, event = _finished_run(inst, f"1|{batch}")
         ctx = build_run_status_sensor_context(
-            sensor_name="attempt_sensor", dagster_instance=inst, dagster_run=run, dagster_event=event,
+            sensor_name="attempt_sensor",
+            dagster_instance=inst,
+            dagster_run=run,
+            dagster_event=event,
             resources={"cohortflow": defs.resources["cohortflow"]},
         )
         assert not isinstance(attempt_sensor(ctx), SensorResult)

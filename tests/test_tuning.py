@@ -32,7 +32,9 @@ def test_each_fold_is_tuned_on_its_own_training_rows(tuned):
 
 
 def test_tuning_is_reproducible(tuned):
-    again = generate_oof(make_panel(), TARGET, H, FEATURES, small_settings(tune=True, tune_trials=2))
+    again = generate_oof(
+        make_panel(), TARGET, H, FEATURES, small_settings(tune=True, tune_trials=2)
+    )
     assert again.params == tuned.params
     assert again.frame.equals(tuned.frame)
 
