@@ -6,6 +6,7 @@ where DESIGN §2 says."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -48,6 +49,9 @@ def test_multiprocess_executor_runs_a_partition_of_the_parallel_job(
     monkeypatch.setenv("COHORTFLOW_OUTPUT_ROOT", str(out))
     monkeypatch.setenv("COHORTFLOW_SETTINGS", str(FAST))
     monkeypatch.chdir(PROJECT)
+    # definitions.py reads the environment when imported: an import by an earlier test
+    # (default settings, three targets) must not stand in for this one's
+    monkeypatch.delitem(sys.modules, "definitions", raising=False)
     settings = load_settings(FAST)
     intake = take_in(data, out, settings)  # validates and registers the batch, as the sensor does
     batch, symbols = intake.record.batch, intake.universe.symbols
@@ -59,8 +63,11 @@ def test_multiprocess_executor_runs_a_partition_of_the_parallel_job(
         instance.add_dynamic_partitions(batch_partitions.name, [batch])
         instance.add_dynamic_partitions(attempt_dim_partitions.name, ["0"])
         tags = attempt_partitions.get_tags_for_partition_key(str(key))
+        # spawn, not the default forkserver: a forkserver started earlier in this pytest
+        # session would hand the children another test's environment (settings, targets)
+        spawn = {"execution": {"config": {"start_method": {"spawn": {}}}}}
         with execute_job(
-            _parallel_job(), instance=instance, tags=tags, raise_on_error=True
+            _parallel_job(), instance=instance, tags=tags, run_config=spawn, raise_on_error=True
         ) as result:
             assert result.success
             starts = result.filter_events(lambda e: e.event_type == DagsterEventType.STEP_START)
