@@ -24,6 +24,7 @@ versions) is printed. The table and the last line (``key=value`` pairs) also go 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 import platform
@@ -158,7 +159,8 @@ def bare_graph(
     """The computations of one attempt of the graph with no Dagster and no store: the same
     core calls as the asset bodies (assets/), in their order, stage by stage.
 
-    Included: loading and validating the bars, the feature panel, leak detection, target
+    Included: loading and validating the bars, the feature panel, the train/test split,
+    leak detection and feature selection on the training window, target
     ranking (both views), importances and pruning (both views), OOF, the stack (meta-learner,
     refit, held-out scoring) and every cohort draft (fingerprints, data profiles). Left
     out, because they are what the graph adds: artifact files, cohort finalisation
@@ -196,11 +198,11 @@ def bare_graph(
     common = set.intersection(*(set(b.columns) for b in universe.bars.values()))
     specs = [s for s in feature_specs(common, settings) if s.name in panel.computed]
 
-    def rows_of(target: str, symbol: str | None) -> pd.DataFrame:  # as assets.targets does
-        keep = frame[target].notna().to_numpy()
+    def rows_of(rows: pd.DataFrame, target: str, symbol: str | None) -> pd.DataFrame:
+        keep = rows[target].notna().to_numpy()  # as assets.targets.target_rows
         if symbol is not None:
-            keep = keep & (frame["symbol"] == symbol).to_numpy()
-        return frame[keep]
+            keep = keep & (rows["symbol"] == symbol).to_numpy()
+        return rows[keep]
 
     def draft(scope: Scope, rows: pd.DataFrame, features: Any, metrics: Any) -> Any:
         return draft_from_rows(
@@ -217,7 +219,12 @@ def bare_graph(
 
     for horizon in settings.horizons:
         target = f"fwd_ret_{horizon}"
-        excl = detect_leaks(panel, target, horizon, specs, universe.bars, settings, attempt, None)
+        # leakage and selection see the training window only, as the assets do
+        train, test, info = split_train_test(frame, target, horizon, settings)
+        train_panel = dataclasses.replace(panel, frame=train)
+        excl = detect_leaks(
+            train_panel, target, horizon, specs, universe.bars, settings, attempt, None
+        )
         dropped = {e.feature for e in excl.entries if e.attempt < attempt}
         features = [f for f in panel.features if f not in dropped]
         lap("leakage")
@@ -226,21 +233,23 @@ def bare_graph(
         ranking = rank_target(frame, target, horizon, features, settings, symbols=symbols)
         for view in (ranking.cross_sectional, *ranking.symbol_specific):
             scope = Scope(target, "TARGET_RANKING", view.view, universe.batch, attempt, view.symbol)
-            draft(scope, rows_of(target, view.symbol), features, view.metrics)
+            draft(scope, rows_of(frame, target, view.symbol), features, view.metrics)
         lap("target_ranking")
 
         featuresets = {}
         for symbol in [None, *symbols]:
             view = "SYMBOL_SPECIFIC" if symbol else "CROSS_SECTIONAL"
             scope = Scope(target, "FEATURE_SELECTION", view, universe.batch, attempt, symbol)
-            rows = rows_of(target, symbol)
+            rows = rows_of(train, target, symbol)
             importances = compute_importances(rows, target, horizon, features, settings)
-            fs = prune(importances, rows, features, target, view, symbol, settings, excluded=[])
-            draft(scope, rows, fs.kept, {"kept": list(fs.kept)})
+            fs = prune(
+                importances, rows, list(panel.features), target, view, symbol, settings,
+                excluded=sorted(dropped),
+            )  # fmt: skip
+            draft(scope, rows_of(frame, target, symbol), fs.kept, {"kept": list(fs.kept)})
             featuresets[symbol] = fs
         lap("feature_selection")
 
-        train, test, info = split_train_test(frame, target, horizon, settings)
         kept = list(featuresets[None].kept)
         oof = generate_oof(train, target, horizon, kept, settings)
         stack = fit_stacking(oof, train, test, target, horizon, kept, settings, split_info=info)

@@ -7,11 +7,13 @@ they show in the UI; the decision to start attempt n+1 is
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import pandas as pd
@@ -53,9 +55,14 @@ def run_universe(
     log: Callable[[str], None] = lambda m: None,
     log_level: str = "WARNING",
 ) -> RunResult:
-    from dagster import DagsterInstance
+    from dagster import DagsterInstance, build_reconstructable_job, execute_job
 
-    from assets.partitions import attempt_dim_partitions, attempt_key, batch_partitions
+    from assets.partitions import (
+        attempt_dim_partitions,
+        attempt_key,
+        attempt_partitions,
+        batch_partitions,
+    )
     from cli.main import ensure_dagster_home
     from definitions import build_definitions
     from sensors.attempts import exclusions_of
@@ -67,13 +74,30 @@ def run_universe(
     for skipped in intake.universe.skipped:
         log(f"left out {skipped.reason}")
     log(f"universe {', '.join(intake.universe.symbols)} -> batch {batch}")
+    # the summary needs the universe's names, not its bars: do not hold them through every
+    # attempt (0.6 GB at 500 symbols; each run loads the batch's files itself)
+    intake = dataclasses.replace(
+        intake, universe=dataclasses.replace(intake.universe, bars=MappingProxyType({}))
+    )
 
     home = ensure_dagster_home()
     warnings.filterwarnings("ignore", message=".*resolve_job_def.*")
     defs = build_definitions(
         data_dir=data_dir, output_root=output_root, settings_path=settings_path
     )
-    job = defs.resolve_job_def("cohortflow_job")
+    # execute_job, not job.execute_in_process: the latter keeps every step's output in
+    # memory until the run ends (for result.output_for_node), and at 500 symbols the bars,
+    # the panel and every target's OOF and stack held 1.5 GB through the whole attempt
+    job = build_reconstructable_job(
+        "cli.runner",
+        "whole_graph_job",
+        reconstructable_kwargs={
+            "data_dir": data_dir,
+            "output_root": output_root,
+            "settings_path": settings_path,
+        },
+        reconstructor_working_directory=str(Path(__file__).resolve().parents[1]),
+    )
     outcomes: list[AttemptOutcome] = []
     with DagsterInstance.get() as instance:
         instance.add_dynamic_partitions(batch_partitions.name, [batch])
@@ -82,25 +106,29 @@ def run_universe(
             instance.add_dynamic_partitions(attempt_dim_partitions.name, [str(attempt)])
             log(f"attempt {attempt}: materializing the whole graph")
             t0 = time.perf_counter()
-            result = job.execute_in_process(
-                partition_key=attempt_key(batch, attempt),
+            partition = attempt_partitions.get_tags_for_partition_key(
+                str(attempt_key(batch, attempt))
+            )
+            with execute_job(
+                job,
+                instance=instance,
                 # the step-by-step log is in the UI; the terminal gets warnings and the summary
                 run_config={"loggers": {"console": {"config": {"log_level": log_level}}}},
-                instance=instance,
-                tags={"cohortflow/reason": "cohortflow run"},
+                tags={**partition, "cohortflow/reason": "cohortflow run"},
                 raise_on_error=False,
-            )
-            seconds = time.perf_counter() - t0
-            if not result.success:
+            ) as result:
+                success, run_id = result.success, result.run_id
                 failure = next(
                     (e for e in result.all_events if e.event_type_value == "STEP_FAILURE"), None
                 )
+            seconds = time.perf_counter() - t0
+            if not success:
                 detail = (
                     failure.event_specific_data.error.message.strip()
                     if failure
                     else "see the run's logs"
                 )
-                raise RunFailed(f"attempt {attempt} failed (run {result.run_id}): {detail}")
+                raise RunFailed(f"attempt {attempt} failed (run {run_id}): {detail}")
             found = exclusions_of(
                 defs.resources["cohortflow"].store(), settings.targets, batch, attempt
             )
@@ -112,10 +140,10 @@ def run_universe(
             outcomes.append(
                 AttemptOutcome(
                     attempt,
-                    result.run_id,
+                    run_id,
                     seconds,
                     leaks,
-                    _stage_seconds(instance, result.run_id),
+                    _stage_seconds(instance, run_id),
                     {t: _stack_rank_ic(store, t, batch, attempt) for t in settings.targets},
                 )
             )
@@ -135,6 +163,18 @@ def run_universe(
     return RunResult(
         intake, output_root, outcomes, ranking, evaluation, str(home), settings.attempt_limit
     )
+
+
+def whole_graph_job(data_dir: str, output_root: str, settings_path: str) -> Any:
+    """``cohortflow_job`` of the code location on these paths: what :func:`run_universe`
+    hands to ``execute_job`` (which rebuilds the job from this function by name)."""
+    from definitions import build_definitions
+
+    warnings.filterwarnings("ignore", message=".*resolve_job_def.*")
+    defs = build_definitions(
+        data_dir=data_dir, output_root=output_root, settings_path=settings_path
+    )
+    return defs.resolve_job_def("cohortflow_job")
 
 
 def _stack_rank_ic(store: Any, target: str, batch: str, attempt: int) -> float | None:

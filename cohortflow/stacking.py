@@ -369,17 +369,24 @@ def split_train_test(
     """
     validate_name("target", target)
     embargo = settings.embargo_for(horizon)
-    labelled = labelled_rows(panel_frame, target, horizon)
     le_col = label_end_column(horizon)
+    missing = [c for c in ("timestamp", "symbol", target, le_col) if c not in panel_frame]
+    if missing:
+        raise ValueError(f"panel is missing column(s) {missing} needed for target {target!r}")
+    # positions of the labelled rows (as labelled_rows keeps them), not a labelled copy of
+    # the panel: each window is copied once (at 500 symbols a copy is 0.8 GB, and every
+    # stage's asset calls this)
+    y = panel_frame[target].to_numpy(dtype=np.float64)
+    labelled = np.flatnonzero(np.isfinite(y) & panel_frame[le_col].notna().to_numpy())
     train_rows, test_rows = holdout_split(
-        labelled["timestamp"].to_numpy(),
-        labelled[le_col].to_numpy(),
+        panel_frame["timestamp"].to_numpy()[labelled],
+        panel_frame[le_col].to_numpy()[labelled],
         settings.test_fraction,
         horizon,
         embargo,
     )
-    train = labelled.iloc[np.asarray(train_rows)].reset_index(drop=True)
-    test = labelled.iloc[np.asarray(test_rows)].reset_index(drop=True)
+    train = panel_frame.iloc[labelled[np.asarray(train_rows)]].reset_index(drop=True)
+    test = panel_frame.iloc[labelled[np.asarray(test_rows)]].reset_index(drop=True)
     grid = np.unique(panel_frame["timestamp"].to_numpy(dtype="datetime64[ns]"))
 
     def pos(t: Any) -> int:

@@ -70,7 +70,12 @@ def parquet_bytes(frame: pd.DataFrame) -> bytes:
 
 def read_parquet(path: Any) -> pd.DataFrame:
     with path.open("rb") as fh:
-        return pq.read_table(fh).to_pandas()
+        frame = pq.read_table(fh).to_pandas()
+    # Arrow's allocator keeps the freed read buffers (about 1.5x the frame) for reuse; hand
+    # them back, or every step's numpy work stacks on top of them (0.8 -> 0.4 GB RSS after
+    # reading a 0.3 GB panel)
+    pa.default_memory_pool().release_unused()
+    return frame
 
 
 # --------------------------------------------------------------------------- records
