@@ -1,16 +1,21 @@
 """Asset checks, one partition at a time. The logic lives in ``cohortflow.validate``."""
 
+import re
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 from dagster import (
     AssetCheckExecutionContext,
+    AssetCheckKey,
     AssetCheckResult,
     AssetChecksDefinition,
     AssetCheckSeverity,
+    AssetCheckSpec,
     AssetKey,
     PreviewWarning,
     asset_check,
+    multi_asset_check,
 )
 
 from assets.partitions import attempt_partitions, split_key
@@ -24,8 +29,11 @@ STAGE_OF_SNAPSHOT = {
 }
 
 
-def _result(verdict: validate.Verdict, severity: AssetCheckSeverity) -> AssetCheckResult:
+def _result(
+    verdict: validate.Verdict, severity: AssetCheckSeverity, **key: Any
+) -> AssetCheckResult:
     return AssetCheckResult(
+        **key,
         passed=verdict.passed,
         severity=severity,
         description=verdict.message,
@@ -40,7 +48,6 @@ def _check(
     description: str,
     fn: Callable[..., validate.Verdict],
     severity: AssetCheckSeverity = AssetCheckSeverity.ERROR,
-    stage: str | None = None,
 ) -> AssetChecksDefinition:
     @asset_check(
         asset=AssetKey([target, asset_name]),
@@ -52,9 +59,58 @@ def _check(
         context: AssetCheckExecutionContext, cohortflow: CohortflowResource
     ) -> AssetCheckResult:
         batch, attempt = split_key(context.partition_key)
+        return _result(fn(cohortflow.store(), target, batch, attempt), severity)
+
+    return _run
+
+
+#: The three checks of a cohort snapshot: (name, description, logic, severity).
+SNAPSHOT_CHECKS = (
+    (
+        "snapshot_schema",
+        "snapshot.json's scoring_schema_version equals metrics.json's schema.scoring; "
+        "the artifacts manifest is set.",
+        validate.cohort_consistency,
+        AssetCheckSeverity.ERROR,
+    ),
+    (
+        "manifest_integrity",
+        "The attempt's files still match artifacts_manifest_sha256.",
+        validate.manifest_integrity,
+        AssetCheckSeverity.ERROR,
+    ),
+    (
+        "comparable_with_previous",
+        "diff_prev.json's verdict: comparable with the previous snapshot.",
+        validate.comparability,
+        AssetCheckSeverity.WARN,
+    ),
+)
+
+
+def _snapshot_checks(target: str, asset_name: str, stage: str) -> AssetChecksDefinition:
+    """The snapshot's three checks in one step (one step costs ~50 ms of Dagster's own
+    bookkeeping; three per snapshot, nine per target, added up). Each is still its own
+    check in the UI and can run alone."""
+    key = AssetKey([target, asset_name])
+    specs = [
+        AssetCheckSpec(name, asset=key, description=text, partitions_def=attempt_partitions)
+        for name, text, _, _ in SNAPSHOT_CHECKS
+    ]
+
+    @multi_asset_check(
+        name=re.sub(r"\W", "_", f"{target}__{asset_name}_checks"), specs=specs, can_subset=True
+    )
+    def _run(
+        context: AssetCheckExecutionContext, cohortflow: CohortflowResource
+    ) -> Iterator[AssetCheckResult]:
+        batch, attempt = split_key(context.partition_key)
         store = cohortflow.store()
-        args = (store, target, stage, batch, attempt) if stage else (store, target, batch, attempt)
-        return _result(fn(*args), severity)
+        selected = context.selected_asset_check_keys
+        for name, _, fn, severity in SNAPSHOT_CHECKS:
+            if AssetCheckKey(key, name) in selected:
+                verdict = fn(store, target, stage, batch, attempt)
+                yield _result(verdict, severity, asset_key=key, check_name=name)
 
     return _run
 
@@ -107,33 +163,8 @@ def _build_checks(targets: Sequence[str]) -> list[AssetChecksDefinition]:
                 validate.stacking_files,
             ),
         ]
-        for asset_name, stage in STAGE_OF_SNAPSHOT.items():
-            checks += [
-                _check(
-                    t,
-                    asset_name,
-                    "snapshot_schema",
-                    "snapshot.json's scoring_schema_version equals metrics.json's schema.scoring; "
-                    "the artifacts manifest is set.",
-                    validate.cohort_consistency,
-                    stage=stage,
-                ),
-                _check(
-                    t,
-                    asset_name,
-                    "manifest_integrity",
-                    "The attempt's files still match artifacts_manifest_sha256.",
-                    validate.manifest_integrity,
-                    stage=stage,
-                ),
-                _check(
-                    t,
-                    asset_name,
-                    "comparable_with_previous",
-                    "diff_prev.json's verdict: comparable with the previous snapshot.",
-                    validate.comparability,
-                    AssetCheckSeverity.WARN,
-                    stage=stage,
-                ),
-            ]
+        checks += [
+            _snapshot_checks(t, asset_name, stage)
+            for asset_name, stage in STAGE_OF_SNAPSHOT.items()
+        ]
     return checks

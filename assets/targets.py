@@ -29,6 +29,7 @@ from cohortflow.selection import Featureset, compute_importances, prune
 from cohortflow.snapshots import draft_from_rows
 from cohortflow.stacking import split_train_test
 from cohortflow.store import StageSnapshots, csv_bytes
+from io_managers.canonical_store import LOAD_KEY
 from resources.cohortflow import CohortflowResource
 
 KIND = "cohortflow/kind"
@@ -121,6 +122,10 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
     common = dict(key_prefix=[target], partitions_def=attempt_partitions)
     panel_in = {"feature_panel": AssetIn(key=AssetKey("feature_panel"))}
     bars_in = {"universe_bars": AssetIn(key=AssetKey("universe_bars"))}
+    # snapshots need what the universe is (its signature and file hashes), not its bars
+    files_in = {
+        "universe_bars": AssetIn(key=AssetKey("universe_bars"), metadata={LOAD_KEY: "files"})
+    }
 
     def own(*names: str) -> dict[str, AssetIn]:
         """Inputs from this target's own assets (same key prefix)."""
@@ -189,7 +194,7 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
         group_name="target_ranking",
         kinds={"lightgbm", "scikitlearn", "json"},
         metadata={KIND: "cohort_snapshot", "cohortflow/stage": "TARGET_RANKING"},
-        ins={**panel_in, **bars_in, **own("feature_exclusions")},
+        ins={**panel_in, **files_in, **own("feature_exclusions")},
         description=f"How predictable {target} is, both views (pooled IC, rank IC, ICIR, "
         "Newey-West t, OOF R²; per symbol R², AUC, IC), as cohort snapshots.",
         **common,
@@ -321,7 +326,7 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
         metadata={KIND: "cohort_snapshot", "cohortflow/stage": "FEATURE_SELECTION"},
         ins={
             **panel_in,
-            **bars_in,
+            **files_in,
             **own("feature_importances", "featureset", "feature_exclusions"),
         },
         description=f"Cohort snapshots of {target}'s feature selection, both views.",
@@ -382,7 +387,7 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
         feature_importances,
         featureset,
         cohort_snapshot_feature_selection,
-        *build_training_assets(target, horizon, common, {**panel_in, **bars_in}, own),
+        *build_training_assets(target, horizon, common, {**panel_in, **files_in}, own),
     ]
 
 

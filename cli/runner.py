@@ -8,6 +8,7 @@ they show in the UI; the decision to start attempt n+1 is
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 import warnings
 from collections.abc import Callable
@@ -31,6 +32,21 @@ class AttemptOutcome:
     leaks: dict[str, list[str]]  # target -> "feature (reason)" found in this attempt
     stage_seconds: dict[str, float] = field(default_factory=dict)
     stack_rank_ic: dict[str, float | None] = field(default_factory=dict)  # held-out, per target
+    checks: list[CheckOutcome] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class CheckOutcome:
+    """One asset check's evaluation in an attempt's run."""
+
+    asset: str  # "fwd_ret_5/feature_exclusions"
+    check: str
+    passed: bool
+    severity: str  # "ERROR" or "WARN"
+    description: str
+
+    def line(self) -> str:
+        return f"{self.asset} {self.check} [{self.severity}]: {self.description}"
 
 
 @dataclass
@@ -64,7 +80,6 @@ def run_universe(
         batch_partitions,
     )
     from cli.main import ensure_dagster_home
-    from definitions import build_definitions
     from sensors.attempts import exclusions_of
 
     settings = load_settings(settings_path or None)
@@ -82,9 +97,7 @@ def run_universe(
 
     home = ensure_dagster_home()
     warnings.filterwarnings("ignore", message=".*resolve_job_def.*")
-    defs = build_definitions(
-        data_dir=data_dir, output_root=output_root, settings_path=settings_path
-    )
+    defs = _definitions(data_dir, output_root, settings_path)
     # execute_job, not job.execute_in_process: the latter keeps every step's output in
     # memory until the run ends (for result.output_for_node), and at 500 symbols the bars,
     # the panel and every target's OOF and stack held 1.5 GB through the whole attempt
@@ -121,6 +134,16 @@ def run_universe(
                 failure = next(
                     (e for e in result.all_events if e.event_type_value == "STEP_FAILURE"), None
                 )
+                checks = [
+                    CheckOutcome(
+                        e.asset_key.to_user_string(),
+                        e.check_name,
+                        e.passed,
+                        e.severity.value,
+                        e.description or "",
+                    )
+                    for e in result.get_asset_check_evaluations()
+                ]
             seconds = time.perf_counter() - t0
             if not success:
                 detail = (
@@ -145,6 +168,7 @@ def run_universe(
                     leaks,
                     _stage_seconds(instance, run_id),
                     {t: _stack_rank_ic(store, t, batch, attempt) for t in settings.targets},
+                    sorted(checks, key=lambda c: (c.asset, c.check)),
                 )
             )
             n_leaks = sum(len(v) for v in leaks.values())
@@ -168,13 +192,26 @@ def run_universe(
 def whole_graph_job(data_dir: str, output_root: str, settings_path: str) -> Any:
     """``cohortflow_job`` of the code location on these paths: what :func:`run_universe`
     hands to ``execute_job`` (which rebuilds the job from this function by name)."""
+    warnings.filterwarnings("ignore", message=".*resolve_job_def.*")
+    return _definitions(data_dir, output_root, settings_path).resolve_job_def("cohortflow_job")
+
+
+def _definitions(data_dir: str, output_root: str, settings_path: str | None) -> Any:
+    """``build_definitions`` on these paths, built once per process and settings content:
+    ``execute_job`` rebuilds the job by name several times per run (0.1 s each)."""
+    text = Path(settings_path).read_bytes() if settings_path else b""
+    return _definitions_cached(data_dir, output_root, settings_path, text)
+
+
+@functools.lru_cache(maxsize=4)
+def _definitions_cached(
+    data_dir: str, output_root: str, settings_path: str | None, settings_text: bytes
+) -> Any:
     from definitions import build_definitions
 
-    warnings.filterwarnings("ignore", message=".*resolve_job_def.*")
-    defs = build_definitions(
+    return build_definitions(
         data_dir=data_dir, output_root=output_root, settings_path=settings_path
     )
-    return defs.resolve_job_def("cohortflow_job")
 
 
 def _stack_rank_ic(store: Any, target: str, batch: str, attempt: int) -> float | None:
@@ -236,6 +273,11 @@ def summary_text(r: RunResult) -> str:
             lines.append(f"               stages: {stages}")
         ics = ", ".join(f"{t} {_fmt(v)}" for t, v in a.stack_rank_ic.items())
         lines.append(f"               stack rank IC on the held-out period: {ics}")
+        failed = [c for c in a.checks if not c.passed]
+        lines.append(
+            f"               asset checks: {len(a.checks) - len(failed)} of {len(a.checks)} passed"
+        )
+        lines += [f"                 failed {c.line()}" for c in failed]
     lines.append(f"  targets ranked (attempt {r.attempts[-1].attempt}):")
     cols = [c for c in ("rank", "target", "score") if c in r.ranking.columns]
     extra = [

@@ -158,6 +158,11 @@ class Store:
         ]
 
     def read_frame(self, batch: str, name: str) -> tuple[pd.DataFrame, dict]:
+        info = self.read_frame_info(batch, name)
+        return read_parquet(self.work_dir(batch) / f"{name}.parquet"), info
+
+    def read_frame_info(self, batch: str, name: str) -> dict:
+        """The JSON that describes a batch frame (written after its Parquet file)."""
         folder = self.work_dir(batch)
         path = folder / f"{name}.parquet"
         if not path.exists():
@@ -165,8 +170,7 @@ class Store:
                 f"{name} not found for batch {batch}; expected {path}; "
                 f"materialize the batch's {name} asset first"
             )
-        info = json.loads((folder / f"{name}.json").read_text())
-        return read_parquet(path), info
+        return json.loads((folder / f"{name}.json").read_text())
 
     def write_universe(self, universe: Any) -> list[WrittenFile]:
         """The validated bars of a universe (long format) and what it is."""
@@ -190,24 +194,29 @@ class Store:
         }
         return self.write_frame(universe.batch, "bars", long, info)
 
-    def read_universe(self, batch: str) -> Any:
+    def read_universe(self, batch: str, *, bars: bool = True) -> Any:
+        """The batch's universe as stored; ``bars=False``: what it is (symbols, files and
+        their hashes, signature) without reading its bars."""
         from pathlib import Path
 
         from cohortflow.bars import Skipped, SymbolFile, Universe
 
-        long, info = self.read_frame(batch, "bars")
+        if bars:
+            long, info = self.read_frame(batch, "bars")
+            by_symbol = {
+                sym: frame[info["columns"][sym]].reset_index(drop=True)
+                for sym, frame in long.groupby("symbol", sort=True, observed=True)
+            }
+        else:
+            info, by_symbol = self.read_frame_info(batch, "bars"), {}
         data_dir = Path(info["data_dir"])
-        bars = {
-            sym: frame[info["columns"][sym]].reset_index(drop=True)
-            for sym, frame in long.groupby("symbol", sort=True, observed=True)
-        }
         universe = Universe(
             symbols=tuple(info["symbols"]),
             files=tuple(
                 SymbolFile(f["symbol"], data_dir / f["name"], f["sha256"], f["size"])
                 for f in info["files"]
             ),
-            bars=bars,
+            bars=by_symbol,
             skipped=tuple(Skipped(**k) for k in info["skipped"]),
             data_dir=data_dir,
         )

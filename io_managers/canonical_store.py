@@ -28,6 +28,8 @@ from cohortflow.store import StageSnapshots, Store, WrittenFile
 from resources.cohortflow import default_output_root
 
 KIND_KEY = "cohortflow/kind"
+#: Input metadata: ``"files"`` loads a universe without its bars (what it is, not its data).
+LOAD_KEY = "cohortflow/load"
 
 
 def _cs(target: str, stage: str, batch: str, attempt: int) -> Scope:
@@ -203,7 +205,9 @@ class CanonicalStoreIOManager(ConfigurableIOManager):
     def _read_one(self, store: Store, context: InputContext, kind: str | None, key: Any) -> Any:
         batch, attempt = split_key(key)
         if kind == "universe_bars":
-            return store.read_universe(batch)
+            # an input may ask for the universe's files only (see assets.targets.LOAD_KEY)
+            load = (context.definition_metadata or {}).get(LOAD_KEY, "bars")
+            return store.read_universe(batch, bars=load != "files")
         if kind == "feature_panel":
             return store.read_panel(batch)
         target = _target(context.asset_key.path)
@@ -222,4 +226,4 @@ def _target(path: list[str]) -> str | None:
     return path[0] if len(path) > 1 else None
 
 
-__all__ = ["CanonicalStoreIOManager", "KIND_KEY", "MultiPartitionKey", "StageSnapshots"]
+__all__ = ["CanonicalStoreIOManager", "KIND_KEY", "LOAD_KEY", "MultiPartitionKey", "StageSnapshots"]

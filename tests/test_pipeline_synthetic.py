@@ -226,6 +226,28 @@ def test_attempt1_finds_no_leak_and_is_the_last(pipeline: Pipeline) -> None:
         "attempt_1",
     ]
 
+# every check of every asset, per target: no_leaks_remain, importances_schema,
+# featureset_schema, oof_schema, native_formats, and three per cohort snapshot
+CHECKS_PER_TARGET = 5 + 3 * 3
+
+
+def test_asset_checks_fail_on_the_leaks_of_attempt0_and_all_pass_in_attempt1(
+    pipeline: Pipeline,
+) -> None:
+    first, second = pipeline.result.attempts
+    assert len(first.checks) == len(second.checks) == CHECKS_PER_TARGET * len(TARGETS)
+    assert len({(c.asset, c.check) for c in first.checks}) == len(first.checks)
+    failed = [c for c in first.checks if not c.passed]
+    assert sorted((c.asset, c.check) for c in failed) == [
+        (f"{t}/feature_exclusions", "no_leaks_remain") for t in sorted(TARGETS)
+    ]
+    for c in failed:  # the failure names the leaks it found
+        assert all(leak in c.description for leak in LEAKS), c.description
+    assert [c.line() for c in second.checks if not c.passed] == []
+    # the second attempt's snapshots were compared with the first's
+    assert {c.check for c in second.checks} >= {"manifest_integrity", "comparable_with_previous"}
+
+
 
 # --------------------------------------------------------------------------- selection, ranking
 def test_attempt1_featureset_keeps_the_signals_and_prunes_the_noise(pipeline: Pipeline) -> None:
