@@ -13,9 +13,8 @@ from cohortflow.bars import Universe
 from cohortflow.features import Panel, build_panel
 from cohortflow.intake import load_registered
 from cohortflow.registry import BatchRegistry
+from io_managers.keys import KIND_KEY as KIND
 from resources.cohortflow import CohortflowResource
-
-KIND = "cohortflow/kind"
 
 
 @asset(

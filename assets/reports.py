@@ -8,8 +8,7 @@ from dagster import AssetExecutionContext, AssetIn, AssetKey, AssetsDefinition, 
 from assets.partitions import attempt_partitions
 from cohortflow import plots
 from cohortflow.store import CohortView
-
-KIND = "cohortflow/kind"
+from io_managers.keys import KIND_KEY as KIND
 
 
 def ranking_table_from_cohorts(cohorts_by_target: dict[str, list[CohortView]]) -> pd.DataFrame:

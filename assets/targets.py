@@ -29,10 +29,10 @@ from cohortflow.selection import Featureset, compute_importances, prune
 from cohortflow.snapshots import draft_from_rows
 from cohortflow.stacking import split_train_test
 from cohortflow.store import StageSnapshots, csv_bytes
-from io_managers.canonical_store import LOAD_KEY
+from io_managers.keys import KIND_KEY as KIND
+from io_managers.keys import LOAD_KEY
 from resources.cohortflow import CohortflowResource
 
-KIND = "cohortflow/kind"
 CS, SY = "CROSS_SECTIONAL", "SYMBOL_SPECIFIC"
 
 

@@ -18,9 +18,9 @@ from cohortflow.selection import Featureset
 from cohortflow.snapshots import draft_from_rows
 from cohortflow.stacking import LoadedStack, StackingResult, fit_stacking, split_train_test
 from cohortflow.store import StageSnapshots
+from io_managers.keys import KIND_KEY as KIND
 from resources.cohortflow import CohortflowResource
 
-KIND = "cohortflow/kind"
 CS = "CROSS_SECTIONAL"
 
 

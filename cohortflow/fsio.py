@@ -14,7 +14,7 @@ import contextlib
 import fcntl
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,25 +46,46 @@ def fsync_dir(folder: Path) -> None:
 
 def atomic_write_bytes(path: Any, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically, creating parent folders."""
-    if not is_local(path):
-        upath = UPath(path)
-        upath.parent.mkdir(parents=True, exist_ok=True)
-        upath.write_bytes(data)
-        return
-    target = local_path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.parent / f"{TMP_PREFIX}{target.name}.{secrets.token_hex(6)}"
+    atomic_write_many([(path, data)])
+
+
+def atomic_write_many(items: Sequence[tuple[Any, bytes]]) -> None:
+    """Write each ``(path, data)`` atomically: every file goes to a temp file in its folder
+    and is fsync'd, then each is renamed over its path, then each folder is fsync'd once
+    (an OOF write puts three files in one folder: one folder fsync, not three).
+
+    Each file is all old or all new at any instant; a reader may see some files new and
+    others still old, as with writes one after another (the attempt's ``_COMPLETE`` marker
+    is withdrawn first for that reason).
+    """
+    local = [(p, d) for p, d in items if is_local(p)]
+    for path, data in items:
+        if not is_local(path):
+            upath = UPath(path)
+            upath.parent.mkdir(parents=True, exist_ok=True)
+            upath.write_bytes(data)
+    staged: list[tuple[Path, Path]] = []
     try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
+        for path, data in local:
+            target = local_path(path)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.parent / f"{TMP_PREFIX}{target.name}.{secrets.token_hex(6)}"
+            staged.append((tmp, target))
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+        while staged:
+            tmp, target = staged[0]
+            os.replace(tmp, target)
+            staged.pop(0)
     except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
+        for tmp, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                tmp.unlink()
         raise
-    fsync_dir(target.parent)
+    for folder in dict.fromkeys(local_path(p).parent for p, _ in local):
+        fsync_dir(folder)
 
 
 def atomic_write_text(path: Any, text: str) -> None:

@@ -7,7 +7,9 @@ saved in their own formats (LightGBM text, XGBoost JSON) by the stacking module.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import logging
 import os
 from typing import Any
 
@@ -19,6 +21,8 @@ from cohortflow.settings import Settings
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 BASE_MODELS = ("lightgbm", "xgboost")
+
+logger = logging.getLogger(__name__)
 
 
 def lightgbm_regressor(settings: Settings, n_estimators: int | None = None, seed_offset: int = 0):
@@ -41,9 +45,51 @@ def lightgbm_regressor(settings: Settings, n_estimators: int | None = None, seed
         force_row_wise=True,
         verbose=-1,
     )
-    if settings.device == "cuda":
-        params["device_type"] = "cuda"
+    device = lightgbm_device(settings)
+    if device != "cpu":
+        params["device_type"] = device
     return lgb.LGBMRegressor(**params)
+
+
+def lightgbm_device(settings: Settings) -> str:
+    """LightGBM's ``device_type`` for these settings.
+
+    ``device: cpu`` keeps it on the CPU. Under ``device: cuda``, ``lightgbm_device`` picks:
+    ``cuda`` (a LightGBM built with ``-DUSE_CUDA=1``), ``gpu`` (the OpenCL learner the PyPI
+    wheel has: single-precision histograms, so slightly different trees), ``cpu``, or
+    ``auto``: CUDA when this LightGBM can train on it, else the CPU with one warning (the
+    PyPI wheel has no CUDA learner; XGBoost still trains on the GPU).
+    """
+    if settings.device != "cuda":
+        return "cpu"
+    if settings.lightgbm_device != "auto":
+        return settings.lightgbm_device
+    return "cuda" if lightgbm_has_cuda() else "cpu"
+
+
+@functools.cache
+def lightgbm_has_cuda() -> bool:
+    """Whether this LightGBM trains with ``device_type="cuda"`` here (a one-round probe)."""
+    import lightgbm as lgb
+    import numpy as np
+
+    x = np.arange(40, dtype=np.float64).reshape(20, 2)
+    try:
+        lgb.train(
+            {"device_type": "cuda", "verbose": -1, "num_leaves": 2, "min_data_in_leaf": 1},
+            lgb.Dataset(x, label=x[:, 0]),
+            num_boost_round=1,
+        )
+    except lgb.basic.LightGBMError as exc:
+        reason = str(exc).strip().splitlines()[0]
+        logger.warning(
+            "device: cuda, but LightGBM cannot train on CUDA here (%s); LightGBM stays on "
+            "the CPU, XGBoost uses the GPU. Set lightgbm_device: gpu for LightGBM's OpenCL "
+            "learner, or install a LightGBM built with -DUSE_CUDA=1.",
+            reason,
+        )
+        return False
+    return True
 
 
 def xgboost_regressor(settings: Settings, n_estimators: int | None = None, seed_offset: int = 0):

@@ -47,6 +47,8 @@ class Settings:
     seed: int = 7
     n_threads: int = 2
     device: str = "cpu"  # "cpu" or "cuda"
+    # LightGBM under device: cuda: "auto" | "cuda" | "gpu" (OpenCL) | "cpu" (models.py)
+    lightgbm_device: str = "auto"
     # leakage
     dominance_rank_ic: float = 0.3
     dominance_ratio: float = 5.0
@@ -88,6 +90,11 @@ class Settings:
             raise SettingsError(f"test_fraction must be in (0, 0.5), got {self.test_fraction}")
         if self.device not in ("cpu", "cuda"):
             raise SettingsError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
+        if self.lightgbm_device not in ("auto", "cuda", "gpu", "cpu"):
+            raise SettingsError(
+                "lightgbm_device must be 'auto', 'cuda', 'gpu' or 'cpu', "
+                f"got {self.lightgbm_device!r}"
+            )
         if self.meta_learner not in ("ridge", "logistic"):
             raise SettingsError(
                 f"meta_learner must be 'ridge' or 'logistic', got {self.meta_learner!r}"
@@ -109,7 +116,7 @@ class Settings:
     def fingerprint_fields(self) -> dict[str, Any]:
         """The settings that change results (no threads, no device)."""
         d = self.to_dict()
-        for key in ("n_threads", "device"):
+        for key in ("n_threads", "device", "lightgbm_device"):
             d.pop(key)
         return d
 

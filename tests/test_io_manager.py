@@ -1,0 +1,65 @@
+"""The IO manager's shared panel: one decode per process while the files are unchanged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from cohortflow.errors import ArtifactNotFoundError
+from cohortflow.features import Panel
+from cohortflow.store import Store
+from io_managers.canonical_store import LastPanel
+
+BATCH = "ab12cd34ef56"
+
+
+def panel(seed: int) -> Panel:
+    rng = np.random.default_rng(seed)
+    frame = pd.DataFrame(
+        {
+            "timestamp": pd.date_range("2020-01-01", periods=50).repeat(2),
+            "symbol": ["A", "B"] * 50,
+            "f1": rng.normal(size=100),
+            "fwd_ret_5": rng.normal(size=100),
+        }
+    )
+    return Panel(frame, ("f1",), (), (5,))
+
+
+def test_the_panel_is_decoded_once_while_its_files_are_unchanged(tmp_path: Path) -> None:
+    store = Store(tmp_path / "out")
+    store.write_panel(BATCH, panel(0))
+    cache = LastPanel()
+    first = cache.get(store, BATCH)
+    assert cache.get(store, BATCH) is first
+    assert cache.reads == 1
+    pd.testing.assert_frame_equal(first.frame, store.read_panel(BATCH).frame)
+
+
+def test_a_rewritten_panel_is_read_again(tmp_path: Path) -> None:
+    store = Store(tmp_path / "out")
+    store.write_panel(BATCH, panel(0))
+    cache = LastPanel()
+    old = cache.get(store, BATCH)
+    store.write_panel(BATCH, panel(1))  # atomic rename: a new inode
+    new = cache.get(store, BATCH)
+    assert cache.reads == 2
+    assert not np.array_equal(old.frame["f1"].to_numpy(), new.frame["f1"].to_numpy())
+    pd.testing.assert_frame_equal(new.frame, store.read_panel(BATCH).frame)
+
+
+def test_a_missing_panel_raises_the_stores_error(tmp_path: Path) -> None:
+    with pytest.raises(ArtifactNotFoundError, match="panel not found"):
+        LastPanel().get(Store(tmp_path / "out"), BATCH)
+
+
+def test_remote_roots_are_read_every_time() -> None:
+    store = Store("memory://cohortflow-last-panel")
+    store.write_panel(BATCH, panel(0))
+    cache = LastPanel()
+    cache.get(store, BATCH)
+    cache.get(store, BATCH)
+    assert cache.reads == 2
