@@ -14,6 +14,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -54,7 +55,22 @@ log = logging.getLogger(__name__)
 WORK_DIR = "_work"
 # files at least this large are hashed on _HASHER while they are written
 _HASH_ON_THREAD_BYTES = 1 << 20
-_HASHER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cohortflow-sha256")
+
+
+def _new_hasher() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="cohortflow-sha256")
+
+
+_HASHER = _new_hasher()
+
+
+def _hasher_after_fork() -> None:
+    # a forked child has the executor but not its thread: work queued there would wait forever
+    global _HASHER
+    _HASHER = _new_hasher()
+
+
+os.register_at_fork(after_in_child=_hasher_after_fork)
 REPORTS_DIR = "reports"
 
 

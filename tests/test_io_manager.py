@@ -63,3 +63,20 @@ def test_remote_roots_are_read_every_time() -> None:
     cache.get(store, BATCH)
     cache.get(store, BATCH)
     assert cache.reads == 2
+
+
+def test_a_forked_child_can_still_write_large_files(tmp_path: Path) -> None:
+    """The store hashes large files on a worker thread; a child forked after the parent
+    used it must get a working one (else it would wait forever for a thread it lacks)."""
+    import multiprocessing
+
+    store = Store(tmp_path / "out")
+    big = panel(0)
+    big = Panel(pd.concat([big.frame] * 20_000, ignore_index=True), ("f1",), (), (5,))
+    store.write_panel(BATCH, big)  # the parent's hashing thread has run
+    ctx = multiprocessing.get_context("fork")
+    child = ctx.Process(target=store.write_panel, args=("cd34ef56ab12", big))
+    child.start()
+    child.join(timeout=20)
+    assert child.exitcode == 0
+    assert (tmp_path / "out" / "_work" / "batch_cd34ef56ab12" / "panel.json").exists()
