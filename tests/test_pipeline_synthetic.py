@@ -226,6 +226,7 @@ def test_attempt1_finds_no_leak_and_is_the_last(pipeline: Pipeline) -> None:
         "attempt_1",
     ]
 
+
 # every check of every asset, per target: no_leaks_remain, importances_schema,
 # featureset_schema, oof_schema, native_formats, and three per cohort snapshot
 CHECKS_PER_TARGET = 5 + 3 * 3
@@ -246,7 +247,6 @@ def test_asset_checks_fail_on_the_leaks_of_attempt0_and_all_pass_in_attempt1(
     assert [c.line() for c in second.checks if not c.passed] == []
     # the second attempt's snapshots were compared with the first's
     assert {c.check for c in second.checks} >= {"manifest_integrity", "comparable_with_previous"}
-
 
 
 # --------------------------------------------------------------------------- selection, ranking
