@@ -30,7 +30,7 @@ from cohortflow.snapshots import draft_from_rows
 from cohortflow.stacking import split_train_test
 from cohortflow.store import StageSnapshots, csv_bytes
 from io_managers.keys import KIND_KEY as KIND
-from io_managers.keys import LOAD_KEY
+from io_managers.keys import LOAD_KEY, STAGE_KEY
 from resources.cohortflow import CohortflowResource
 
 CS, SY = "CROSS_SECTIONAL", "SYMBOL_SPECIFIC"
@@ -193,7 +193,7 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
         name="cohort_snapshot_target_ranking",
         group_name="target_ranking",
         kinds={"lightgbm", "scikitlearn", "json"},
-        metadata={KIND: "cohort_snapshot", "cohortflow/stage": "TARGET_RANKING"},
+        metadata={KIND: "cohort_snapshot", STAGE_KEY: "TARGET_RANKING"},
         ins={**panel_in, **files_in, **own("feature_exclusions")},
         description=f"How predictable {target} is, both views (pooled IC, rank IC, ICIR, "
         "Newey-West t, OOF R²; per symbol R², AUC, IC), as cohort snapshots.",
@@ -323,7 +323,7 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
         name="cohort_snapshot_feature_selection",
         group_name="feature_selection",
         kinds={"json"},
-        metadata={KIND: "cohort_snapshot", "cohortflow/stage": "FEATURE_SELECTION"},
+        metadata={KIND: "cohort_snapshot", STAGE_KEY: "FEATURE_SELECTION"},
         ins={
             **panel_in,
             **files_in,

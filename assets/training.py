@@ -19,6 +19,7 @@ from cohortflow.snapshots import draft_from_rows
 from cohortflow.stacking import LoadedStack, StackingResult, fit_stacking, split_train_test
 from cohortflow.store import StageSnapshots
 from io_managers.keys import KIND_KEY as KIND
+from io_managers.keys import STAGE_KEY
 from resources.cohortflow import CohortflowResource
 
 CS = "CROSS_SECTIONAL"
@@ -201,7 +202,7 @@ def build_training_assets(
         name="cohort_snapshot_training",
         group_name="training",
         kinds={"json"},
-        metadata={KIND: "cohort_snapshot", "cohortflow/stage": "TRAINING"},
+        metadata={KIND: "cohort_snapshot", STAGE_KEY: "TRAINING"},
         ins={**data_in, **own("featureset", "oof_dataset", "evaluation")},
         description=f"The cohort snapshot of {target}'s training stage: OOF fold metrics, the "
         "stack and its held-out evaluation.",
@@ -239,7 +240,7 @@ def build_training_assets(
             scope,
             train[train[target].notna()],
             universe_sig=universe_bars.universe_sig,
-            file_hashes={f.symbol: f.sha256 for f in universe_bars.files},
+            file_hashes=_file_hashes(universe_bars),
             features=list(fs.kept),
             excluded={k: v for k, v in fs.dropped.items() if str(v).startswith("excluded")},
             metrics={"evaluation": evaluation, "oof": {"r2": oof_scores}},
@@ -249,6 +250,6 @@ def build_training_assets(
         context.add_output_metadata({"cohort_id": draft.cohort_id})
         return StageSnapshots("TRAINING", target, batch, attempt, (draft,), {}, _run_info(context))
 
-    from assets.targets import _run_info
+    from assets.targets import _file_hashes, _run_info
 
     return [oof_dataset, stacking_model, evaluation, cohort_snapshot_training]

@@ -80,6 +80,7 @@ def run_universe(
         batch_partitions,
     )
     from cli.main import ensure_dagster_home
+    from io_managers.canonical_store import read_evaluation
     from sensors.attempts import exclusions_of
 
     settings = load_settings(settings_path or None)
@@ -98,6 +99,7 @@ def run_universe(
     home = ensure_dagster_home()
     warnings.filterwarnings("ignore", message=".*resolve_job_def.*")
     defs = _definitions(data_dir, output_root, settings_path)
+    store = defs.resources["cohortflow"].store()
     # execute_job, not job.execute_in_process: the latter keeps every step's output in
     # memory until the run ends (for result.output_for_node), and at 500 symbols the bars,
     # the panel and every target's OOF and stack held 1.5 GB through the whole attempt
@@ -152,14 +154,11 @@ def run_universe(
                     else "see the run's logs"
                 )
                 raise RunFailed(f"attempt {attempt} failed (run {run_id}): {detail}")
-            found = exclusions_of(
-                defs.resources["cohortflow"].store(), settings.targets, batch, attempt
-            )
+            found = exclusions_of(store, settings.targets, batch, attempt)
             leaks = {
                 t: [f"{e.feature} ({e.reason})" for e in excl.found_here()]
                 for t, excl in found.items()
             }
-            store = defs.resources["cohortflow"].store()
             outcomes.append(
                 AttemptOutcome(
                     attempt,
@@ -176,14 +175,8 @@ def run_universe(
             attempt = decide_next_attempt(found, attempt, settings.attempt_limit)
 
     last = outcomes[-1].attempt
-    store = defs.resources["cohortflow"].store()
     ranking = store.read_report(batch, last, "target_ranking")
-    evaluation = {}
-    for target in settings.targets:
-        from cohortflow.layout import Scope
-
-        folder = Scope(target, "TRAINING", "CROSS_SECTIONAL", batch, last).attempt_dir(store.root)
-        evaluation[target] = store.read_json(folder / "evaluation" / "evaluation.json")
+    evaluation = {t: read_evaluation(store, t, batch, last) for t in settings.targets}
     return RunResult(
         intake, output_root, outcomes, ranking, evaluation, str(home), settings.attempt_limit
     )
@@ -215,10 +208,9 @@ def _definitions_cached(
 
 
 def _stack_rank_ic(store: Any, target: str, batch: str, attempt: int) -> float | None:
-    from cohortflow.layout import Scope
+    from io_managers.canonical_store import read_evaluation
 
-    folder = Scope(target, "TRAINING", "CROSS_SECTIONAL", batch, attempt).attempt_dir(store.root)
-    doc = store.read_json(folder / "evaluation" / "evaluation.json")
+    doc = read_evaluation(store, target, batch, attempt)
     return doc["metrics_from_loaded_model"]["stack"].get("rank_ic")
 
 

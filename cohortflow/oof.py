@@ -42,7 +42,8 @@ OOF_KEY_COLUMNS = ("timestamp", "symbol", "fold", "y_true")
 PRED_PREFIX = "pred_"
 TREE_MODELS = ("lightgbm", "xgboost")
 # Fixed writer options: same frame, same bytes (no dictionary pages whose layout depends
-# on value order heuristics, no pandas index metadata, one compression codec and level).
+# on value order heuristics, no pandas index metadata; compression per column from
+# cohortflow.parquet.column_compression).
 _PARQUET_OPTIONS: dict[str, Any] = dict(
     use_dictionary=False,
     write_statistics=True,

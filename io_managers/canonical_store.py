@@ -27,7 +27,7 @@ from assets.partitions import split_key
 from cohortflow.fsio import is_local, local_path
 from cohortflow.layout import Scope
 from cohortflow.store import StageSnapshots, Store, WrittenFile
-from io_managers.keys import KIND_KEY, LOAD_KEY
+from io_managers.keys import KIND_KEY, LOAD_KEY, STAGE_KEY
 from resources.cohortflow import default_output_root
 
 
@@ -137,7 +137,8 @@ def _write_evaluation(
     return store.write_folder(scope, "evaluation", {"evaluation.json": canonical_json_bytes(value)})
 
 
-def _read_evaluation(store: Store, target: str, batch: str, attempt: int) -> Any:
+def read_evaluation(store: Store, target: str, batch: str, attempt: int) -> Any:
+    """A target's evaluation.json (TRAINING, cross-sectional) of one batch × attempt."""
     import json
 
     folder = _cs(target, "TRAINING", batch, attempt).attempt_dir(store.root) / "evaluation"
@@ -167,7 +168,7 @@ ATTEMPT_KINDS: dict[str, tuple[Writer, Reader]] = {
     ),
     "oof_dataset": (_write_oof, _read_oof),
     "stacking_model": (_write_stacking, _read_stacking),
-    "evaluation": (_write_evaluation, _read_evaluation),
+    "evaluation": (_write_evaluation, read_evaluation),
     "report": (
         lambda s, t, b, a, v: s.write_report(b, a, "target_ranking", v),
         lambda s, t, b, a: s.read_report(b, a, "target_ranking"),
@@ -248,14 +249,14 @@ class CanonicalStoreIOManager(ConfigurableIOManager):
     def _read_one(self, store: Store, context: InputContext, kind: str | None, key: Any) -> Any:
         batch, attempt = split_key(key)
         if kind == "universe_bars":
-            # an input may ask for the universe's files only (see assets.targets.LOAD_KEY)
+            # an input may ask for the universe's files only (io_managers.keys.LOAD_KEY)
             load = (context.definition_metadata or {}).get(LOAD_KEY, "bars")
             return store.read_universe(batch, bars=load != "files")
         if kind == "feature_panel":
             return LAST_PANEL.get(store, batch)
         target = _target(context.asset_key.path)
         if kind == "cohort_snapshot":
-            stage = context.upstream_output.definition_metadata["cohortflow/stage"]
+            stage = context.upstream_output.definition_metadata[STAGE_KEY]
             return store.read_cohorts(target, stage, batch, attempt)
         if kind not in ATTEMPT_KINDS:
             raise ValueError(

@@ -158,46 +158,41 @@ def _write_attempt(
 def test_attempt_sensor_starts_the_next_attempt_only_after_leaks(
     tmp_path: Path, fast_settings_path, leaks, complete, expected
 ):
-    from dagster import SensorResult, build_run_status_sensor_context
+    from dagster import SensorResult
 
-    from sensors.attempts import attempt_sensor
-
-    out = tmp_path / "out"
     batch = "ab12cd34ef56"
-    defs = build_definitions(str(tmp_path / "data"), str(out), str(fast_settings_path))
-    _write_attempt(out, ("fwd_ret_5", "fwd_ret_10"), batch, 0, leaks, complete)
-    with instance_for_test() as inst:
-        run, event = _finished_run(inst, f"0|{batch}")
-        ctx = build_run_status_sensor_context(
-            sensor_name="attempt_sensor",
-            dagster_instance=inst,
-            dagster_run=run,
-            dagster_event=event,
-            resources={"cohortflow": defs.resources["cohortflow"]},
-        )
-        result = attempt_sensor(ctx)
-        if expected is None:
-            assert not isinstance(result, SensorResult), result
-        else:
-            assert isinstance(result, SensorResult)
-            (req,) = result.run_requests
-            assert req.partition_key == attempt_key(batch, expected)
-            assert result.dynamic_partitions_requests[0].partition_keys == [str(expected)]
+    _write_attempt(tmp_path / "out", ("fwd_ret_5", "fwd_ret_10"), batch, 0, leaks, complete)
+    result = _attempt_sensor_after(tmp_path, fast_settings_path, batch, 0)
+    if expected is None:
+        assert not isinstance(result, SensorResult), result
+    else:
+        assert isinstance(result, SensorResult)
+        (req,) = result.run_requests
+        assert req.partition_key == attempt_key(batch, expected)
+        assert result.dynamic_partitions_requests[0].partition_keys == [str(expected)]
 
 
 def test_attempt_limit_stops_the_loop(tmp_path: Path, fast_settings_path):
-    from dagster import SensorResult, build_run_status_sensor_context
+    from dagster import SensorResult
+
+    batch = "ab12cd34ef56"
+    leaks = {"fwd_ret_5": ["x_leak"]}
+    _write_attempt(tmp_path / "out", ("fwd_ret_5", "fwd_ret_10"), batch, 1, leaks)
+    # fast settings: attempt_limit 2, so attempt 1 is the last even though it found a leak
+    result = _attempt_sensor_after(tmp_path, fast_settings_path, batch, 1)
+    assert not isinstance(result, SensorResult)
+
+
+def _attempt_sensor_after(tmp_path: Path, settings_path: Path, batch: str, attempt: int):
+    """What the attempt sensor returns for a finished run of ``batch`` × ``attempt`` whose
+    files are under ``tmp_path / "out"``."""
+    from dagster import build_run_status_sensor_context
 
     from sensors.attempts import attempt_sensor
 
-    out = tmp_path / "out"
-    batch = "ab12cd34ef56"
-    defs = build_definitions(
-        str(tmp_path / "data"), str(out), str(fast_settings_path)
-    )  # attempt_limit 2
-    _write_attempt(out, ("fwd_ret_5", "fwd_ret_10"), batch, 1, {"fwd_ret_5": ["x_leak"]})
+    defs = build_definitions(str(tmp_path / "data"), str(tmp_path / "out"), str(settings_path))
     with instance_for_test() as inst:
-        run, event = _finished_run(inst, f"1|{batch}")
+        run, event = _finished_run(inst, str(attempt_key(batch, attempt)))
         ctx = build_run_status_sensor_context(
             sensor_name="attempt_sensor",
             dagster_instance=inst,
@@ -205,4 +200,4 @@ def test_attempt_limit_stops_the_loop(tmp_path: Path, fast_settings_path):
             dagster_event=event,
             resources={"cohortflow": defs.resources["cohortflow"]},
         )
-        assert not isinstance(attempt_sensor(ctx), SensorResult)
+        return attempt_sensor(ctx)
