@@ -48,7 +48,7 @@ test-browser: install
 	$(BIN)/python -m pytest -q -m browser
 
 ui: install
-	@mkdir -p $(DAGSTER_HOME)
+	@$(BIN)/python -c "from cli.main import ensure_dagster_home; ensure_dagster_home()"
 	COHORTFLOW_DATA_DIR=$(DATA_DIR) COHORTFLOW_OUTPUT_ROOT=$(OUTPUT_ROOT) COHORTFLOW_SETTINGS=$(CURDIR)/config/demo.yaml \
 		$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
 

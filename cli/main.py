@@ -40,8 +40,9 @@ def ensure_dagster_home() -> Path:
     config = home / "dagster.yaml"
     if not config.exists():
         from cohortflow.fsio import atomic_write_text
+        from resources.instance import INSTANCE_CLASS_YAML
 
-        atomic_write_text(config, "telemetry:\n  enabled: false\n")
+        atomic_write_text(config, "telemetry:\n  enabled: false\n" + INSTANCE_CLASS_YAML)
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 

@@ -56,22 +56,34 @@ def markdown_image(png: bytes, alt: str = "plot") -> str:
 
 
 def importance_bars(by_model: Mapping[str, pd.DataFrame], title: str, top: int = 12) -> bytes:
-    """Horizontal bars of the normalised share per model for the top features."""
+    """The ``top`` features of the combined ranking (else of the first model), each with one
+    bar per model: its normalised share. One panel, so one set of tick labels (four panels
+    of twelve labels cost ~0.4 s a plot; this one ~0.15 s)."""
     models = [m for m in ("lightgbm", "xgboost", "permutation", "combined") if m in by_model]
     models += [m for m in sorted(by_model) if m not in models]
-    frames = [by_model[m].head(top).iloc[::-1] for m in models]
-    label_w = max(_text_inches(f["feature"]) for f in frames) + 0.15
-    panel_w, height = 2.6, 3.6
-    width = len(models) * (label_w + panel_w) + 0.2
+    order = by_model["combined" if "combined" in by_model else models[0]]
+    features = [str(f) for f in order["feature"].head(top)][::-1]  # the best on top
+    share = {
+        m: by_model[m]
+        .assign(feature=by_model[m]["feature"].astype(str))
+        .set_index("feature")["share"]
+        for m in models
+    }
+    label_w = _text_inches(features) + 0.2
+    width, height = label_w + 4.2, 0.9 + 0.28 * max(len(features), 1)
+    bar = 0.8 / max(1, len(models))
+    y = np.arange(len(features), dtype=float)
     with _rc():
         fig = _figure(width, height)
-        fig.suptitle(title, y=0.98)
-        for i, (model, frame) in enumerate(zip(models, frames, strict=True)):
-            left = (i * (label_w + panel_w) + label_w) / width
-            ax = fig.add_axes((left, 0.13, panel_w * 0.92 / width, 0.74))
-            ax.barh(frame["feature"].astype(str), frame["share"], color=_BLUE)
-            ax.set_title(model)
-            ax.set_xlabel("share")
+        ax = fig.add_axes((label_w / width, 0.45 / height, 2.9 / width, 1 - 0.8 / height))
+        for k, model in enumerate(models):
+            values = share[model].reindex(features).fillna(0.0).to_numpy(dtype=float)
+            offset = ((len(models) - 1) / 2 - k) * bar  # first model on top of each group
+            ax.barh(y + offset, values, bar, label=model, color=_SERIES[k % len(_SERIES)])
+        ax.set_yticks(y, features)
+        ax.set_xlabel("share")
+        ax.set_title(title)
+        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         return _png(fig)
 
 

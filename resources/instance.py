@@ -1,0 +1,82 @@
+"""The Dagster instance cohortflow's ``DAGSTER_HOME`` names (``instance_class`` in
+``dagster.yaml``): Dagster's own, with dynamic-partition membership remembered briefly.
+
+Both partition dimensions are dynamic, and Dagster checks that a run's two keys exist each
+time it builds an input or output context: about 20 times a step, 768 queries for one
+attempt of two targets. On the default SQLite storage each query opens two connections (a
+table check and the lookup), ~2.6 ms together: 2 s of a 100 s run, more than the whole
+graph's own bookkeeping. Here a key found to exist is trusted for ``ttl_s`` seconds (5 by
+default) and asked again after that; a key that is absent is never remembered, and deleting
+a key through this instance forgets it at once. A key deleted by another process (the
+webserver, say) still reads as present here for at most ``ttl_s``; nothing in cohortflow
+depends on a deletion being seen sooner (the data sensor re-adds its keys on every request).
+
+``cohortflow`` writes this into a new ``dagster.yaml`` (``cli.main.ensure_dagster_home``)::
+
+    instance_class:
+      module: resources.instance
+      class: CohortflowInstance
+
+An existing ``dagster.yaml`` is left alone; add those lines to it to get the same.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from dagster import DagsterInstance, Field
+from dagster._core.instance.ref import InstanceRef
+
+DEFAULT_TTL_S = 5.0
+
+INSTANCE_CLASS_YAML = "instance_class:\n  module: resources.instance\n  class: CohortflowInstance\n"
+
+
+class CohortflowInstance(DagsterInstance):
+    """:class:`dagster.DagsterInstance` that remembers which dynamic partition keys exist."""
+
+    def __init__(self, *args: Any, dynamic_partition_ttl_s: float = DEFAULT_TTL_S, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._ttl_s = float(dynamic_partition_ttl_s)
+        self._seen: dict[tuple[str, str], float] = {}  # (definition, key) -> when found
+        self._seen_lock = threading.Lock()
+
+    # the two hooks Dagster's config loader asks a custom instance class for
+    @classmethod
+    def config_schema(cls) -> dict[str, Field]:
+        """``dynamic_partition_ttl_s`` in ``dagster.yaml``; 0 turns the memory off."""
+        return {"dynamic_partition_ttl_s": Field(float, is_required=False)}
+
+    @staticmethod
+    def config_defaults(base_dir: str) -> Mapping[str, Any]:
+        return InstanceRef.config_defaults(base_dir)
+
+    def has_dynamic_partition(self, partitions_def_name: str, partition_key: str) -> bool:
+        key = (partitions_def_name, partition_key)
+        now = time.monotonic()
+        with self._seen_lock:
+            found_at = self._seen.get(key)
+        if found_at is not None and now - found_at < self._ttl_s:
+            return True
+        exists = super().has_dynamic_partition(partitions_def_name, partition_key)
+        with self._seen_lock:
+            if exists:
+                self._seen[key] = now
+            else:
+                self._seen.pop(key, None)
+        return exists
+
+    def delete_dynamic_partition(self, partitions_def_name: str, partition_key: str) -> None:
+        self.forget_dynamic_partitions()
+        super().delete_dynamic_partition(partitions_def_name, partition_key)
+
+    def forget_dynamic_partitions(self) -> None:
+        """Ask the storage again next time, for every key."""
+        with self._seen_lock:
+            self._seen.clear()
+
+
+__all__ = ["CohortflowInstance", "DEFAULT_TTL_S", "INSTANCE_CLASS_YAML"]
