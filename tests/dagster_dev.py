@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from resources.instance import INSTANCE_CLASS_YAML
+
 REPO = Path(__file__).resolve().parents[1]
 FAST_SETTINGS = REPO / "config" / "fast.yaml"
 DAGSTER = Path(sys.executable).with_name("dagster")
@@ -54,6 +56,9 @@ concurrency:
   runs:
     max_concurrent_runs: {max_concurrent_runs}
 """
+# the instance class `cohortflow` names in a new home: the webserver, the daemon and every
+# run worker import it
+INSTANCE_YAML += INSTANCE_CLASS_YAML
 
 
 @dataclass(frozen=True)
