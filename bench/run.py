@@ -381,6 +381,8 @@ def measure_oof(quick: bool) -> tuple[list[Row], list[str]]:
     oof = table.get("generate_oof (same folds, same settings)", float("nan"))
     sk = table.get("sklearn StackingRegressor-style: cross_val_predict + meta", float("nan"))
     meta = table.get("fit_stacking meta stage: reuse OOF columns", float("nan"))
+    seq = next((v for k, v in table.items() if k.startswith("generate_oof, 1 fold")), float("nan"))
+    par = next((v for k, v in table.items() if " folds at once" in k), float("nan"))
     rows = [
         Row(
             "oof_overhead",
@@ -401,6 +403,16 @@ def measure_oof(quick: bool) -> tuple[list[Row], list[str]]:
             float(kv["stack_speedup"]),
             ">= 10",
             "bench_oof.py",
+        ),
+        Row(
+            "oof_fold_parallel_speedup",
+            "OOF, folds one at a time",
+            seq,
+            "OOF, folds side by side",
+            par,
+            float(kv["fold_parallel_speedup"]),
+            "(context)",
+            "bench_oof.py: settings.fold_workers folds at once, threads split, same cores",
         ),
     ]
     return rows, ["bench_oof.py: " + out.strip().splitlines()[0]]
@@ -603,6 +615,7 @@ def main() -> int:
         "graph_overhead": f"{values['graph_overhead']:.3f}",
         "oof_overhead": f"{values['oof_overhead']:.3f}",
         "stack_speedup": f"{values['stack_speedup']:.1f}",
+        "oof_fold_parallel_speedup": f"{values['oof_fold_parallel_speedup']:.3f}",
         "store_write_ratio": f"{values['store_write_ratio']:.3f}",
         "store_write_ratio_durable": f"{values['store_write_ratio_durable']:.3f}",
         "lookup_ms": f"{values['lookup_ms']:.2f}",

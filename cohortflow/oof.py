@@ -278,20 +278,32 @@ def generate_oof(
             full = subset == tuple(features)
             matrices[subset] = x_all if full else np.ascontiguousarray(x_all[:, cols])
 
-    preds = {m: np.full(len(labelled), np.nan) for m in models}
-    for fold in plan.folds:
+    # folds side by side share the settings' threads: n_threads // fold_workers a fit
+    workers = max(1, min(settings.fold_workers, len(plan.folds)))
+    fit_settings = settings.replace(n_threads=max(1, settings.n_threads // workers))
+
+    def fit_fold(fold: Any) -> dict[str, np.ndarray]:
+        """Every model's predictions on the fold's test rows, fitted on its training rows."""
         tr, te = np.asarray(fold.train_idx), np.asarray(fold.test_idx)
         cut: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
+        out = {}
         for name in models:
             subset = per_model[name]
             if subset not in cut:
                 cut[subset] = (matrices[subset][tr], matrices[subset][te])
             x_tr, x_te = cut[subset]
             est = fit_base_model(
-                name, settings, x_tr, y[tr], fold_params.get(fold.fold, params)[name]
+                name, fit_settings, x_tr, y[tr], fold_params.get(fold.fold, params)[name]
             )
-            preds[name][te] = predict_base_model(name, est, x_te)
+            out[name] = predict_base_model(name, est, x_te)
         log.debug("fold %d: %d train rows, %d test rows", fold.fold, len(tr), len(te))
+        return out
+
+    preds = {m: np.full(len(labelled), np.nan) for m in models}
+    for fold, fold_preds in zip(plan.folds, _map_folds(fit_fold, plan.folds, workers), strict=True):
+        te = np.asarray(fold.test_idx)
+        for name in models:
+            preds[name][te] = fold_preds[name]
 
     oof_rows = fold_of >= 0
     frame = pd.DataFrame(
@@ -318,6 +330,19 @@ def generate_oof(
         params=params,
         features=per_model,
     )
+
+
+def _map_folds(fit_fold: Any, folds: Sequence[Any], workers: int) -> list[Any]:
+    """``fit_fold`` over the folds, ``workers`` at once (threads: LightGBM and XGBoost
+    release the GIL while they fit). The fits are seeded and thread-count invariant
+    (LightGBM ``deterministic=True``, XGBoost ``hist``), so the predictions are the same
+    with any number of workers; each worker holds one fold's training matrix."""
+    if workers <= 1:
+        return [fit_fold(f) for f in folds]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cohortflow-fold") as pool:
+        return list(pool.map(fit_fold, folds))
 
 
 def _fold_metrics(

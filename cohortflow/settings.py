@@ -46,6 +46,9 @@ class Settings:
     test_fraction: float = 0.2
     seed: int = 7
     n_threads: int = 2
+    # OOF folds fitted at once, sharing the n_threads (n_threads // fold_workers threads a
+    # fit, at least 1; oof.py); 1 = one fold after another with n_threads each
+    fold_workers: int = 2
     device: str = "cpu"  # "cpu" or "cuda"
     # LightGBM under device: cuda: "auto" | "cuda" | "gpu" (OpenCL) | "cpu" (models.py)
     lightgbm_device: str = "auto"
@@ -88,6 +91,11 @@ class Settings:
             raise SettingsError(f"n_splits must be at least 2, got {self.n_splits}")
         if not 0.0 < self.test_fraction < 0.5:
             raise SettingsError(f"test_fraction must be in (0, 0.5), got {self.test_fraction}")
+        if self.n_threads < 1 or self.fold_workers < 1:
+            raise SettingsError(
+                f"n_threads and fold_workers must be at least 1, got {self.n_threads} and "
+                f"{self.fold_workers}"
+            )
         if self.device not in ("cpu", "cuda"):
             raise SettingsError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         if self.lightgbm_device not in ("auto", "cuda", "gpu", "cpu"):
@@ -116,7 +124,7 @@ class Settings:
     def fingerprint_fields(self) -> dict[str, Any]:
         """The settings that change results (no threads, no device)."""
         d = self.to_dict()
-        for key in ("n_threads", "device", "lightgbm_device"):
+        for key in ("n_threads", "fold_workers", "device", "lightgbm_device"):
             d.pop(key)
         return d
 

@@ -169,6 +169,41 @@ def test_oof_frame_holds_each_out_of_fold_row_once_with_its_fold(panel, result):
         assert set(m) == {"fold", "model", "n_train", "n_test", "r2", "ic", "rank_ic"}
 
 
+def test_folds_fitted_side_by_side_give_the_same_predictions(panel, monkeypatch):
+    import threading
+
+    import cohortflow.oof as oof
+
+    seen: list[tuple[str, int]] = []  # (thread, n_threads of the fit)
+    real = oof.fit_base_model
+
+    def fit(name, settings, *args, **kwargs):
+        seen.append((threading.current_thread().name, settings.n_threads))
+        return real(name, settings, *args, **kwargs)
+
+    monkeypatch.setattr(oof, "fit_base_model", fit)
+    one = generate_oof(panel, TARGET, H, FEATURES, small_settings(fold_workers=1, n_threads=4))
+    assert {t for t, _ in seen} == {threading.current_thread().name}
+    assert {n for _, n in seen} == {4}
+    seen.clear()
+    three = generate_oof(panel, TARGET, H, FEATURES, small_settings(fold_workers=3, n_threads=4))
+    assert len({t for t, _ in seen if t.startswith("cohortflow-fold")}) >= 2  # side by side
+    assert {n for _, n in seen} == {1}  # 4 threads shared by 3 workers: 1 each
+    pd.testing.assert_frame_equal(three.frame, one.frame, check_exact=True)
+    assert three.fold_metrics == one.fold_metrics
+    assert (
+        small_settings(fold_workers=3).fingerprint_fields()
+        == small_settings(fold_workers=1).fingerprint_fields()
+    )
+
+
+def test_fold_workers_below_one_are_refused():
+    from cohortflow.errors import SettingsError
+
+    with pytest.raises(SettingsError, match="fold_workers"):
+        small_settings(fold_workers=0)
+
+
 def test_a_walk_forward_plan_keeps_only_rows_that_were_out_of_fold(panel):
     labelled = labelled_rows(panel, TARGET, H)
     plan = make_fold_plan(
