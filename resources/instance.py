@@ -43,6 +43,7 @@ class CohortflowInstance(DagsterInstance):
         self._ttl_s = float(dynamic_partition_ttl_s)
         self._seen: dict[tuple[str, str], float] = {}  # (definition, key) -> when found
         self._seen_lock = threading.Lock()
+        self._clock = time.monotonic  # tests swap in a fake clock
 
     # the two hooks Dagster's config loader asks a custom instance class for
     @classmethod
@@ -56,7 +57,7 @@ class CohortflowInstance(DagsterInstance):
 
     def has_dynamic_partition(self, partitions_def_name: str, partition_key: str) -> bool:
         key = (partitions_def_name, partition_key)
-        now = time.monotonic()
+        now = self._clock()
         with self._seen_lock:
             found_at = self._seen.get(key)
         if found_at is not None and now - found_at < self._ttl_s:

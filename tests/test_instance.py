@@ -23,8 +23,8 @@ class Clock:
 def counted(dagster_home: Path, monkeypatch: pytest.MonkeyPatch):
     """The home's instance, a fake monotonic clock, and the storage lookups it made."""
     clock = Clock()
-    monkeypatch.setattr("resources.instance.time.monotonic", clock)
     instance = DagsterInstance.get()
+    instance._clock = clock
     asked: list[tuple[str, str]] = []
     storage = instance._event_storage
     real = storage.has_dynamic_partition
