@@ -18,8 +18,8 @@ Measures:
   gives the bare side the fsync the store's atomic writes do;
 * ``lookup_ms`` / ``list_ms``: ``bench/bench_index.py`` on 100,000 cohorts (5,000 quick).
 
-Times are medians of repeats (5 for the full graph case), sides alternating; the machine (cores, CPU model, load,
-versions) is printed. The table and the last line (``key=value`` pairs) also go to
+Times are medians of repeats (5 for the full graph case), sides alternating; the machine
+(cores, CPU model, load, versions) is printed. The table and the last line (``key=value`` pairs) also go to
 ``bench/results/bench_{time}.txt`` and ``bench/results/latest.txt``.
 """
 

@@ -32,6 +32,14 @@ def _default(name: str, fallback: str) -> str:
     return os.environ.get(name, fallback)
 
 
+def new_home_yaml() -> str:
+    """The ``dagster.yaml`` of a ``DAGSTER_HOME`` that cohortflow creates: no telemetry, and
+    the instance class of ``resources/instance.py``."""
+    from resources.instance import INSTANCE_CLASS_YAML
+
+    return "telemetry:\n  enabled: false\n" + INSTANCE_CLASS_YAML
+
+
 def ensure_dagster_home() -> Path:
     """``DAGSTER_HOME`` when set, else ``.dagster_home`` in the working folder (sqlite), so
     runs started here show in ``make ui``."""
@@ -40,9 +48,8 @@ def ensure_dagster_home() -> Path:
     config = home / "dagster.yaml"
     if not config.exists():
         from cohortflow.fsio import atomic_write_text
-        from resources.instance import INSTANCE_CLASS_YAML
 
-        atomic_write_text(config, "telemetry:\n  enabled: false\n" + INSTANCE_CLASS_YAML)
+        atomic_write_text(config, new_home_yaml())
     os.environ["DAGSTER_HOME"] = str(home)
     return home
 

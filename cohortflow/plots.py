@@ -24,7 +24,7 @@ from matplotlib.figure import Figure
 _DPI = 90
 _FONT = 8  # points
 _RC = {"font.size": _FONT, "axes.spines.top": False, "axes.spines.right": False}
-_BLUE, _GREEN, _RED = "#4c72b0", "#55a868", "#c44e52"
+_GREEN, _RED = "#55a868", "#c44e52"
 _SERIES = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"]
 
 

@@ -5,10 +5,10 @@ Both partition dimensions are dynamic, and Dagster checks that a run's two keys 
 time it builds an input or output context: about 20 times a step, 768 queries for one
 attempt of two targets. On the default SQLite storage each query opens two connections (a
 table check and the lookup), ~2.6 ms together: 2 s of a 100 s run, more than the whole
-graph's own bookkeeping. Here a key found to exist is trusted for ``ttl_s`` seconds (5 by
-default) and asked again after that; a key that is absent is never remembered, and deleting
+graph's own bookkeeping. Here a key found to exist is trusted for
+``dynamic_partition_ttl_s`` seconds (5 by default) and asked again after that; a key that is absent is never remembered, and deleting
 a key through this instance forgets it at once. A key deleted by another process (the
-webserver, say) still reads as present here for at most ``ttl_s``; nothing in cohortflow
+webserver, say) still reads as present here for at most that long; nothing in cohortflow
 depends on a deletion being seen sooner (the data sensor re-adds its keys on every request).
 
 ``cohortflow`` writes this into a new ``dagster.yaml`` (``cli.main.ensure_dagster_home``)::
@@ -71,13 +71,9 @@ class CohortflowInstance(DagsterInstance):
         return exists
 
     def delete_dynamic_partition(self, partitions_def_name: str, partition_key: str) -> None:
-        self.forget_dynamic_partitions()
-        super().delete_dynamic_partition(partitions_def_name, partition_key)
-
-    def forget_dynamic_partitions(self) -> None:
-        """Ask the storage again next time, for every key."""
         with self._seen_lock:
-            self._seen.clear()
+            self._seen.pop((partitions_def_name, partition_key), None)
+        super().delete_dynamic_partition(partitions_def_name, partition_key)
 
 
 __all__ = ["CohortflowInstance", "DEFAULT_TTL_S", "INSTANCE_CLASS_YAML"]

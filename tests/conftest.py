@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from resources.instance import INSTANCE_CLASS_YAML
+from cli.main import new_home_yaml
 
 PROJECT = Path(__file__).resolve().parent.parent
 FAST_SETTINGS = PROJECT / "config" / "fast.yaml"
@@ -35,7 +35,7 @@ def small_universe(tmp_path: Path):
 def dagster_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     home = tmp_path / "dagster_home"
     home.mkdir()
-    # the dagster.yaml `cohortflow` writes into a new home (cli.main.ensure_dagster_home)
-    (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n" + INSTANCE_CLASS_YAML)
+    # the dagster.yaml `cohortflow` writes into a new home
+    (home / "dagster.yaml").write_text(new_home_yaml())
     monkeypatch.setenv("DAGSTER_HOME", str(home))
     return home
