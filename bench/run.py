@@ -132,6 +132,25 @@ class GraphCase:
         )
 
 
+QUICK_CASE = GraphCase(
+    4,
+    400,
+    4,
+    {
+        "horizons": [5],
+        "min_rows": 200,
+        "n_splits": 3,
+        "quick_estimators": 20,
+        "permutation_repeats": 1,
+        "n_probes": 2,
+        "symbol_views": 2,
+        "models": {"n_estimators": 30, "num_leaves": 7, "max_depth": 3},
+    },
+)
+#: a small research universe: 40 symbols x 8 years of daily bars, 2 targets
+FULL_CASE = GraphCase(40, 2000, 28, {"horizons": [5, 10], "symbol_views": 3})
+
+
 def write_case(case: GraphCase, folder: Path) -> tuple[Path, Path, Settings]:
     """The case's bar files and settings YAML under ``folder``."""
     from cohortflow.synthetic import generate
@@ -288,28 +307,9 @@ class Row:
 
 
 def measure_graph(quick: bool, work: Path) -> tuple[Row, list[str]]:
-    if quick:
-        case = GraphCase(
-            4,
-            400,
-            4,
-            {
-                "horizons": [5],
-                "min_rows": 200,
-                "n_splits": 3,
-                "quick_estimators": 20,
-                "permutation_repeats": 1,
-                "n_probes": 2,
-                "symbol_views": 2,
-                "models": {"n_estimators": 30, "num_leaves": 7, "max_depth": 3},
-            },
-        )
-        repeats = 2
-    else:
-        # a small research universe: 40 symbols x 8 years of daily bars, 2 targets
-        case = GraphCase(40, 2000, 28, {"horizons": [5, 10], "symbol_views": 3})
-        # a side's LightGBM fits vary by +-10 % run to run on 2 shared cores: 5 repeats
-        repeats = 5
+    case = QUICK_CASE if quick else FULL_CASE
+    # a side's LightGBM fits vary by +-10 % run to run on 2 shared cores: 5 repeats
+    repeats = 2 if quick else 5
     data_dir, settings_path, settings = write_case(case, work / "graph")
     os.environ["DAGSTER_HOME"] = str(work / "dagster_home")
     runs = iter(range(1_000_000))

@@ -29,6 +29,7 @@ from typing import Any
 
 from dagster import DagsterInstance, Field
 from dagster._core.instance.ref import InstanceRef
+from dagster._serdes import ConfigurableClassData
 
 DEFAULT_TTL_S = 5.0
 
@@ -53,7 +54,20 @@ class CohortflowInstance(DagsterInstance):
 
     @staticmethod
     def config_defaults(base_dir: str) -> Mapping[str, Any]:
-        return InstanceRef.config_defaults(base_dir)
+        """Dagster's defaults, with the SQLite storage of ``resources/sqlite_storage.py``
+        (same files, engines kept) where ``dagster.yaml`` names no storage."""
+        defaults = dict(InstanceRef.config_defaults(base_dir))
+        for key, dagster_class, ours in (
+            ("storage", "DagsterSqliteStorage", "CohortflowSqliteStorage"),
+            ("event_log_storage", "SqliteEventLogStorage", "KeptEngineEventLogStorage"),
+        ):
+            data = defaults[key]
+            if data.class_name != dagster_class:  # Dagster's default moved: look again
+                raise RuntimeError(f"unexpected default {key} in Dagster: {data.class_name}")
+            defaults[key] = ConfigurableClassData(
+                "resources.sqlite_storage", ours, data.config_yaml
+            )
+        return defaults
 
     def has_dynamic_partition(self, partitions_def_name: str, partition_key: str) -> bool:
         key = (partitions_def_name, partition_key)
