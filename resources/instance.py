@@ -17,7 +17,10 @@ depends on a deletion being seen sooner (the data sensor re-adds its keys on eve
       module: resources.instance
       class: CohortflowInstance
 
-An existing ``dagster.yaml`` is left alone; add those lines to it to get the same.
+An existing ``dagster.yaml`` is left alone; add those lines to it to get the same. Where
+``dagster.yaml`` names no storage, the instance's storage is
+:class:`resources.sqlite_storage.CohortflowSqliteStorage` (Dagster's SQLite files, the event
+log's engines kept) instead of Dagster's ``DagsterSqliteStorage``.
 """
 
 from __future__ import annotations
