@@ -88,6 +88,8 @@ class CohortflowSqliteStorage(DagsterSqliteStorage):
     :class:`KeptEngineEventLogStorage` as its event log."""
 
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
+        # Dagster's constructor stays the one place that builds the run and schedule storages;
+        # the event log it builds first is replaced (on an existing home that costs ~0.02 ms)
         super().__init__(base_dir, inst_data)
         self._event_log_storage = KeptEngineEventLogStorage(_event_logs_directory(base_dir))
 
