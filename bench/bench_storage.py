@@ -7,9 +7,10 @@ Both sides run one attempt of ``cohortflow_job`` in process (as ``cohortflow run
 settings, each with its own ``DAGSTER_HOME`` and ``CohortflowInstance``:
 
 * ``dagster``: a ``storage: sqlite:`` block, i.e. Dagster's ``DagsterSqliteStorage``, which
-  builds a SQLAlchemy engine for every connection;
+  builds a SQLAlchemy engine and opens a SQLite connection for every use;
 * ``cohortflow``: no storage block, so the instance's default
-  (:class:`resources.sqlite_storage.CohortflowSqliteStorage`, engines kept per shard).
+  (:class:`resources.sqlite_storage.CohortflowSqliteStorage`, one engine and one open
+  connection kept per shard).
 
 Sides alternate after one untimed warm-up each. Prints the samples and, last,
 ``storage_speedup=... dagster_s=... cohortflow_s=... steps=...`` (medians).

@@ -20,7 +20,7 @@ depends on a deletion being seen sooner (the data sensor re-adds its keys on eve
 An existing ``dagster.yaml`` is left alone; add those lines to it to get the same. Where
 ``dagster.yaml`` names no storage, the instance's storage is
 :class:`resources.sqlite_storage.CohortflowSqliteStorage` (Dagster's SQLite files, the event
-log's engines kept) instead of Dagster's ``DagsterSqliteStorage``.
+log's connections kept open) instead of Dagster's ``DagsterSqliteStorage``.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ class CohortflowInstance(DagsterInstance):
     @staticmethod
     def config_defaults(base_dir: str) -> Mapping[str, Any]:
         """Dagster's defaults, with the SQLite storage of ``resources/sqlite_storage.py``
-        (same files, engines kept) where ``dagster.yaml`` names no storage."""
+        (same files, connections kept open) where ``dagster.yaml`` names no storage."""
         defaults = dict(InstanceRef.config_defaults(base_dir))
         for key, dagster_class, ours in (
             ("storage", "DagsterSqliteStorage", "CohortflowSqliteStorage"),

@@ -1,17 +1,19 @@
-"""Dagster's default SQLite storage with its event log's SQLAlchemy engines kept.
+"""Dagster's default SQLite storage with its event log's connections kept open.
 
 Dagster's ``SqliteEventLogStorage`` builds a SQLAlchemy engine for every connection it
-opens and disposes of it afterwards: once for each event it stores (twice for an asset
-event, which is mirrored into the index shard) and once for each read. One attempt of
-two targets stores ~365 events and opens ~1,750 connections; building and disposing of
-the engines took ~1.1 s of its ~3.6 s of connection handling (profiled on 2 cores).
+opens, opens a fresh SQLite connection on it and closes and disposes of both afterwards:
+once for each event it stores (twice for an asset event, which is mirrored into the index
+shard) and once for each read. One attempt of two targets stores ~365 events and opens
+~1,750 connections. Closing the last connection to a WAL database checkpoints the WAL into
+the database file and deletes it, so each of those round trips costs ~1.8 ms where a write
+on an open connection costs ~0.4 ms (measured on 2 cores; see ``docs/scaling.md`` §4).
 
-Here each shard (the index and one file per run) keeps its engine, the last
-:data:`KEPT_ENGINES` of them. Nothing else changes: the engines use ``NullPool``, so each
-``connect`` still opens a fresh SQLite connection and closes it at the end, under the
-storage's lock, in one transaction, with the same busy timeout; the files, their schema and
-their durability are Dagster's. The webserver, the daemon and run workers may mix this
-storage with Dagster's own on the same files.
+Here each shard (the index and one file per run) keeps its engine and one open connection,
+for the last :data:`KEPT_SHARDS` shards used. Nothing else changes: every use still takes
+the storage's lock and runs in one transaction, with the same busy timeout; the files,
+their schema, WAL journal and durability are Dagster's (a kept connection holds no lock
+between uses, so other processes read and write the same files as before). The
+webserver, the daemon and run workers may mix this storage with Dagster's own.
 
 :class:`resources.instance.CohortflowInstance` makes this the default storage of the
 instances it serves; a ``storage:`` block in ``dagster.yaml`` (PostgreSQL, say) replaces it.
@@ -19,6 +21,7 @@ instances it serves; a ``storage:`` block in ``dagster.yaml`` (PostgreSQL, say) 
 
 from __future__ import annotations
 
+import os
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -30,17 +33,18 @@ from dagster._core.storage.sqlite import SQLITE_BUSY_TIMEOUT_SECONDS
 from dagster._core.storage.sqlite_storage import DagsterSqliteStorage, _event_logs_directory
 from dagster._serdes import ConfigurableClassData
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import QueuePool
 
-#: Engines kept per storage: the index shard and the shards of the latest runs.
-KEPT_ENGINES = 8
+#: Shards whose engine and connection are kept: the index and the shards of the latest runs.
+KEPT_SHARDS = 8
 
 
 class KeptEngineEventLogStorage(SqliteEventLogStorage):
-    """:class:`SqliteEventLogStorage` that builds one engine per shard, not per connection."""
+    """:class:`SqliteEventLogStorage` with one engine and one open connection per shard."""
 
     def __init__(self, base_dir: str, inst_data: ConfigurableClassData | None = None):
         self._engines: OrderedDict[str, Engine] = OrderedDict()  # before super(): it connects
+        self._pid = os.getpid()
         super().__init__(base_dir, inst_data)
 
     @classmethod
@@ -51,23 +55,33 @@ class KeptEngineEventLogStorage(SqliteEventLogStorage):
 
     def _engine(self, shard: str) -> Engine:
         """The shard's engine (caller holds ``_db_lock``)."""
+        if os.getpid() != self._pid:
+            # a forked child must not use its parent's SQLite connections: forget them unclosed
+            for engine in self._engines.values():
+                engine.dispose(close=False)
+            self._engines.clear()
+            self._pid = os.getpid()
         engine = self._engines.get(shard)
         if engine is not None:
             self._engines.move_to_end(shard)
             return engine
         engine = create_engine(
             self.conn_string_for_shard(shard),
-            poolclass=NullPool,
-            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
+            # one connection kept, used under _db_lock by one thread at a time (hence any
+            # thread); Dagster's _initdb nests a second, opened and closed as before
+            poolclass=QueuePool,
+            pool_size=1,
+            max_overflow=4,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_SECONDS, "check_same_thread": False},
         )
         self._engines[shard] = engine
-        while len(self._engines) > KEPT_ENGINES:
+        while len(self._engines) > KEPT_SHARDS:
             self._engines.popitem(last=False)[1].dispose()
         return engine
 
     @contextmanager
     def _connect(self, shard: str) -> Iterator[Connection]:
-        # Dagster's _connect, less the create_engine/dispose pair around each connection
+        # Dagster's _connect, with the shard's engine and connection kept between calls
         with self._db_lock:
             engine = self._engine(shard)
             if shard not in self._initialized_dbs:
@@ -76,11 +90,22 @@ class KeptEngineEventLogStorage(SqliteEventLogStorage):
             with engine.connect() as conn, conn.begin():
                 yield conn
 
-    def dispose(self) -> None:
-        super().dispose()
+    def _close_all(self) -> None:
         with self._db_lock:
             while self._engines:
                 self._engines.popitem()[1].dispose()
+
+    def wipe(self) -> None:
+        self._close_all()  # Dagster deletes the run shards' files
+        super().wipe()
+
+    def upgrade(self) -> None:
+        self._close_all()  # migrations open their own connections
+        super().upgrade()
+
+    def dispose(self) -> None:
+        super().dispose()
+        self._close_all()
 
 
 class CohortflowSqliteStorage(DagsterSqliteStorage):
@@ -100,4 +125,4 @@ class CohortflowSqliteStorage(DagsterSqliteStorage):
         return cls.from_local(inst_data=inst_data, **config_value)
 
 
-__all__ = ["CohortflowSqliteStorage", "KEPT_ENGINES", "KeptEngineEventLogStorage"]
+__all__ = ["CohortflowSqliteStorage", "KEPT_SHARDS", "KeptEngineEventLogStorage"]
