@@ -85,10 +85,14 @@ def median_s(samples: list[float]) -> float:
 
 
 def alternate(
-    sides: Mapping[str, Callable[[], Any]], repeats: int, warmup: bool = True
+    sides: Mapping[str, Callable[[], Any]],
+    repeats: int,
+    warmup: bool = True,
+    cpu: dict[str, list[float]] | None = None,
 ) -> dict[str, list[float]]:
     """Wall seconds of each side, ``repeats`` times, the order flipped every repeat (so load
-    drifts on a shared machine hit both sides alike); one untimed warm-up each first."""
+    drifts on a shared machine hit both sides alike); one untimed warm-up each first.
+    ``cpu``, when given, gets each call's CPU seconds of the process (all threads) too."""
     names = list(sides)
     if warmup:
         for name in names:
@@ -96,9 +100,11 @@ def alternate(
     out: dict[str, list[float]] = {name: [] for name in names}
     for r in range(repeats):
         for name in names if r % 2 == 0 else names[::-1]:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             sides[name]()
             out[name].append(time.perf_counter() - t0)
+            if cpu is not None:
+                cpu.setdefault(name, []).append(time.process_time() - c0)
     return out
 
 
@@ -306,7 +312,7 @@ class Row:
     pairs: dict[str, str] = dataclasses.field(default_factory=dict)  # for the last line
 
 
-def measure_graph(quick: bool, work: Path) -> tuple[Row, list[str]]:
+def measure_graph(quick: bool, work: Path) -> tuple[list[Row], list[str]]:
     case = QUICK_CASE if quick else FULL_CASE
     # a side's LightGBM fits vary by +-10 % run to run on 2 shared cores: 5 repeats
     repeats = 2 if quick else 5
@@ -326,7 +332,8 @@ def measure_graph(quick: bool, work: Path) -> tuple[Row, list[str]]:
 
     # full size: one-time costs (imports, thread pools) are noise next to minutes of fitting,
     # so no warm-up run; quick: they are not, so one untimed run of each side first
-    times = alternate({"dagster": dagster_side, "bare": bare_side}, repeats, warmup=quick)
+    cpu: dict[str, list[float]] = {}
+    times = alternate({"dagster": dagster_side, "bare": bare_side}, repeats, quick, cpu)
     skip = 1 if quick else 0  # the warm-up runs' stage times
     d, b = median_s(times["dagster"]), median_s(times["bare"])
     steps = graph_steps(settings_path, work)
@@ -340,6 +347,8 @@ def measure_graph(quick: bool, work: Path) -> tuple[Row, list[str]]:
         ),
         f"  samples: dagster {[round(x, 1) for x in times['dagster']]}, "
         f"bare {[round(x, 1) for x in times['bare']]}",
+        f"  CPU s: dagster {[round(x, 1) for x in cpu['dagster']]}, "
+        f"bare {[round(x, 1) for x in cpu['bare']]}",
         f"  Dagster's own cost: {d - b:.1f} s over {steps} steps (asset and check steps), "
         f"{(d - b) / steps:.2f} s a step; it does not grow with the data",
     ]
@@ -355,7 +364,20 @@ def measure_graph(quick: bool, work: Path) -> tuple[Row, list[str]]:
         "index, plots, evaluation reload; bare: the same core computations only",
         {"graph_step_cost_s": f"{(d - b) / steps:.3f}", "graph_steps": str(steps)},
     )
-    return row, lines
+    dc, bc = median_s(cpu["dagster"]), median_s(cpu["bare"])
+    cpu_row = Row(
+        "graph_overhead_cpu",
+        "cohortflow_job, CPU s",
+        dc,
+        "bare_graph, CPU s",
+        bc,
+        dc / bc,
+        "(context)",
+        "the same repeats in the process's CPU seconds (all threads): the work the graph "
+        "adds, without the VM's wall noise (the fsyncs' waits are not in it)",
+        {"graph_overhead_cpu": f"{dc / bc:.3f}"},
+    )
+    return [row, cpu_row], lines
 
 
 def graph_steps(settings_path: Path, work: Path) -> int:
