@@ -107,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         n_dates, n_symbols, n_features, n_estimators, repeats = 160, 50, 10, 60, 4
     else:
-        # a fit's time varies by a few % run to run on 2 shared cores: 9 repeats a side
-        n_dates, n_symbols, n_features, n_estimators, repeats = 750, 100, 20, 200, 9
+        # a side's time moves 5-10 % sample to sample on 2 shared cores, CPU seconds too: with 9
+        # repeats a side the ratio of medians ranged 0.998-1.134 over a day, with 25 it
+        # gave 1.001 (docs/scaling.md §7); ~13 minutes
+        n_dates, n_symbols, n_features, n_estimators, repeats = 750, 100, 20, 200, 25
     repeats = args.repeats or repeats
 
     settings = Settings(
