@@ -46,6 +46,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import lightgbm as lgb  # noqa: E402
 import xgboost as xgb  # noqa: E402
+from run import alternate  # noqa: E402  (bench/run.py)
 from sklearn.model_selection import cross_val_predict  # noqa: E402
 
 from cohortflow.models import make_base_model  # noqa: E402
@@ -92,13 +93,6 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def timed_cpu(fn: Callable[[], object]) -> tuple[float, float]:
-    """Wall seconds and the process's CPU seconds (all threads) of one call."""
-    wall, cpu = time.perf_counter(), time.process_time()
-    fn()
-    return time.perf_counter() - wall, time.process_time() - cpu
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small panel, finishes in < 1 minute")
@@ -142,18 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     def oof_run() -> None:
         generate_oof(train, TARGET, HORIZON, features, settings, plan=plan)
 
-    bare_loop(), oof_run()  # warm-up: thread pools, first-call costs
-    bare_t, oof_t, bare_cpu, oof_cpu = [], [], [], []
-    for r in range(repeats):
-        order = (
-            (("bare", bare_loop), ("oof", oof_run))
-            if r % 2 == 0
-            else (("oof", oof_run), ("bare", bare_loop))
-        )
-        for name, fn in order:
-            wall, cpu = timed_cpu(fn)
-            (bare_t if name == "bare" else oof_t).append(wall)
-            (bare_cpu if name == "bare" else oof_cpu).append(cpu)
+    # warm-up first (thread pools, first-call costs), then bare first on even repeats
+    cpu: dict[str, list[float]] = {}
+    wall = alternate({"bare": bare_loop, "oof": oof_run}, repeats, warmup=True, cpu=cpu)
+    bare_t, oof_t, bare_cpu, oof_cpu = wall["bare"], wall["oof"], cpu["bare"], cpu["oof"]
     oof_overhead = statistics.median(oof_t) / statistics.median(bare_t)
     oof_overhead_cpu = statistics.median(oof_cpu) / statistics.median(bare_cpu)
 
