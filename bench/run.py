@@ -292,7 +292,7 @@ def dagster_graph(
     """One attempt of ``cohortflow_job`` in process, as ``cohortflow run`` does it: seconds
     of ``execute_in_process`` alone (registration and reading back excluded) and per stage
     (from Dagster's step events)."""
-    from cli.runner import run_universe
+    from cohortflow_dagster.cli.runner import run_universe
 
     result = run_universe(str(data_dir), str(output_root), str(settings_path))
     outcome = result.attempts[0]
@@ -381,7 +381,7 @@ def measure_graph(quick: bool, work: Path) -> tuple[list[Row], list[str]]:
 
 def graph_steps(settings_path: Path, work: Path) -> int:
     """Steps of one attempt of ``cohortflow_job`` for these settings (assets and checks)."""
-    from cli.runner import whole_graph_job
+    from cohortflow_dagster.cli.runner import whole_graph_job
 
     job = whole_graph_job(str(work / "graph" / "data"), str(work / "steps"), str(settings_path))
     return len(job.nodes)
@@ -504,15 +504,15 @@ def measure_store(quick: bool, work: Path) -> tuple[list[Row], list[str]]:
     # Store.write_oof and the output metadata (paths, sha256, rows) out
     from dagster import AssetKey, DagsterInstance, build_output_context
 
-    from assets.partitions import (
+    from cohortflow_dagster.assets.partitions import (
         attempt_dim_partitions,
         attempt_key,
         attempt_partitions,
         batch_partitions,
     )
     from cohortflow.oof import OOFResult
-    from io_managers.canonical_store import CanonicalStoreIOManager
-    from io_managers.keys import KIND_KEY
+    from cohortflow_dagster.io_managers.canonical_store import CanonicalStoreIOManager
+    from cohortflow_dagster.io_managers.keys import KIND_KEY
 
     value = OOFResult(frame, fold_plan, (), ("lightgbm", "xgboost"))
     io_manager = CanonicalStoreIOManager(root=str(work / "store_out"))

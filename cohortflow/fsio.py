@@ -136,6 +136,27 @@ def remove_stale_tmp(folder: Any, older_than_s: float = 0.0, recursive: bool = F
     return removed
 
 
+def quarantine(path: Any) -> Any:
+    """Move a damaged file aside (``{name}.corrupt-{time}``) so it can be looked at later;
+    returns where it went (None if there was nothing to move)."""
+    import time
+
+    upath = UPath(path) if not isinstance(path, Path | UPath) else path
+    if not upath.exists():
+        return None
+    target = upath.with_name(
+        f"{upath.name}.corrupt-{time.strftime('%Y%m%dT%H%M%S')}-{secrets.token_hex(2)}"
+    )
+    if is_local(upath):
+        os.replace(local_path(upath), local_path(target))
+        for suffix in ("-wal", "-shm"):  # SQLite's companions belong to the damaged file
+            with contextlib.suppress(FileNotFoundError):
+                os.replace(f"{local_path(upath)}{suffix}", f"{local_path(target)}{suffix}")
+    else:
+        upath.rename(target)
+    return target
+
+
 @contextlib.contextmanager
 def exclusive_lock(lock_path: Any) -> Iterator[None]:
     """Hold an exclusive advisory lock (``flock``) on ``lock_path`` for the block.

@@ -45,11 +45,14 @@ logger = logging.getLogger(__name__)
 __all__ = [
     "Fold",
     "FoldPlan",
+    "Holdout",
     "PurgedKFold",
     "WalkForward",
+    "holdout_of",
     "holdout_split",
     "make_fold_plan",
     "purged_train_dates",
+    "split_train_test",
 ]
 
 
@@ -571,3 +574,99 @@ def holdout_split(
         )
     test = np.flatnonzero(grid.row_date >= first_test)
     return train, test
+
+
+# --------------------------------------------------------------------------- held-out period
+
+
+@dataclass(frozen=True, eq=False)
+class Holdout:
+    """The training window and the held-out test period of a panel for one target.
+
+    ``info`` records the boundaries (ISO timestamps, bar gaps, row counts). Leakage
+    detection, feature selection and training look at ``train`` only; the stack is judged
+    on ``test``.
+    """
+
+    train: pd.DataFrame
+    test: pd.DataFrame
+    info: dict[str, Any]
+
+
+def split_train_test(
+    panel_frame: pd.DataFrame, target: str, horizon: int, test_fraction: float, embargo: int
+) -> Holdout:
+    """Training window and held-out test period of a panel, for one target.
+
+    Rows without a label are dropped. Test: the last ``test_fraction`` of the labelled
+    dates. Training: rows whose label window ends more than ``embargo`` bars before the
+    first test date, so at least ``horizon + embargo`` bars lie strictly between the last
+    training date and the first test date (:func:`holdout_split`). ``info`` records the
+    boundaries; ``gap_bars`` / ``label_gap_bars`` count bars of the panel's date grid
+    strictly between the last training date / label end and the first test date.
+    """
+    le_col = f"label_end_{int(horizon)}"
+    missing = [c for c in ("timestamp", "symbol", target, le_col) if c not in panel_frame]
+    if missing:
+        raise ValueError(f"panel is missing column(s) {missing} needed for target {target!r}")
+    # positions of the labelled rows (as labelled_rows keeps them), not a labelled copy of
+    # the panel: each window is copied once (at 500 symbols a copy is 0.8 GB, and every
+    # stage's asset calls this)
+    y = panel_frame[target].to_numpy(dtype=np.float64)
+    labelled = np.flatnonzero(np.isfinite(y) & panel_frame[le_col].notna().to_numpy())
+    train_rows, test_rows = holdout_split(
+        panel_frame["timestamp"].to_numpy()[labelled],
+        panel_frame[le_col].to_numpy()[labelled],
+        test_fraction,
+        horizon,
+        embargo,
+    )
+    train = panel_frame.iloc[labelled[np.asarray(train_rows)]].reset_index(drop=True)
+    test = panel_frame.iloc[labelled[np.asarray(test_rows)]].reset_index(drop=True)
+    grid = np.unique(panel_frame["timestamp"].to_numpy(dtype="datetime64[ns]"))
+
+    def pos(t: Any) -> int:
+        return int(np.searchsorted(grid, np.datetime64(pd.Timestamp(t), "ns")))
+
+    last_label_end = train[le_col].max()
+    info = {
+        "target": target,
+        "horizon": int(horizon),
+        "embargo": embargo,
+        "test_fraction": test_fraction,
+        "train_first": train["timestamp"].min().isoformat(),
+        "train_last": train["timestamp"].max().isoformat(),
+        "train_last_label_end": last_label_end.isoformat(),
+        "test_first": test["timestamp"].min().isoformat(),
+        "test_last": test["timestamp"].max().isoformat(),
+        "gap_bars": pos(test["timestamp"].min()) - pos(train["timestamp"].max()) - 1,
+        "label_gap_bars": pos(test["timestamp"].min()) - pos(last_label_end) - 1,
+        "train_rows": len(train),
+        "test_rows": len(test),
+    }
+    return Holdout(train, test, info)
+
+
+# one attempt's steps share a panel object (in one process); its holdout is computed once
+_HOLDOUTS: dict[tuple[int, int, float, int], tuple[Any, Holdout]] = {}
+_HOLDOUTS_KEPT = 16
+
+
+def holdout_of(
+    panel_frame: pd.DataFrame, horizon: int, test_fraction: float, embargo: int
+) -> Holdout:
+    """:func:`split_train_test` of ``fwd_ret_{horizon}``, computed once per panel frame and
+    arguments while that frame lives (every stage of a target needs the same split)."""
+    import weakref
+
+    key = (id(panel_frame), int(horizon), float(test_fraction), int(embargo))
+    hit = _HOLDOUTS.get(key)
+    if hit is not None and hit[0]() is panel_frame:
+        return hit[1]
+    holdout = split_train_test(
+        panel_frame, f"fwd_ret_{int(horizon)}", horizon, test_fraction, embargo
+    )
+    _HOLDOUTS[key] = (weakref.ref(panel_frame), holdout)
+    while len(_HOLDOUTS) > _HOLDOUTS_KEPT:
+        _HOLDOUTS.pop(next(iter(_HOLDOUTS)))
+    return holdout

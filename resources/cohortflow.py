@@ -7,6 +7,7 @@ import os
 from dagster import ConfigurableResource, DefaultSensorStatus
 from pydantic import PrivateAttr
 
+from cohortflow.canonical import fingerprint
 from cohortflow.settings import Settings, load_settings
 from cohortflow.store import Store
 
@@ -50,3 +51,6 @@ class CohortflowResource(ConfigurableResource):
         if self._settings is None:
             self._settings = load_settings(self.settings_path or None)
         return self._settings
+
+    def settings_fingerprint(self) -> str:
+        return fingerprint(self.settings().fingerprint_fields())

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resources.instance import INSTANCE_CLASS_YAML
+from cohortflow_dagster.resources.instance import INSTANCE_CLASS_YAML
 
 REPO = Path(__file__).resolve().parents[1]
 FAST_SETTINGS = REPO / "config" / "fast.yaml"
@@ -138,7 +138,7 @@ def add_partitions(ws: UiWorkspace, batches: Sequence[str], attempts: Sequence[i
     """Add the batch and attempt keys to the instance, as the data sensor would."""
     from dagster import DagsterInstance
 
-    from assets.partitions import attempt_dim_partitions, batch_partitions
+    from cohortflow_dagster.assets.partitions import attempt_dim_partitions, batch_partitions
 
     with DagsterInstance.from_config(str(ws.dagster_home)) as instance:
         instance.add_dynamic_partitions(batch_partitions.name, list(batches))

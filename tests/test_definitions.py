@@ -26,7 +26,7 @@ PER_TARGET = [
 
 
 def test_definitions_build_one_asset_set_per_target():
-    from definitions import build_definitions
+    from cohortflow_dagster.definitions import build_definitions
 
     defs = build_definitions("data", "output", str(FAST_SETTINGS))
     keys = {k.to_user_string() for k in defs.resolve_asset_graph().get_all_asset_keys()}
@@ -39,8 +39,8 @@ def test_definitions_build_one_asset_set_per_target():
 
 
 def test_every_asset_shares_the_batch_times_attempt_partitions():
-    from assets.partitions import attempt_partitions
-    from definitions import build_definitions
+    from cohortflow_dagster.assets.partitions import attempt_partitions
+    from cohortflow_dagster.definitions import build_definitions
 
     graph = build_definitions("data", "output", str(FAST_SETTINGS)).resolve_asset_graph()
     for key in graph.get_all_asset_keys():

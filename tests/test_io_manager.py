@@ -11,7 +11,7 @@ import pytest
 from cohortflow.errors import ArtifactNotFoundError
 from cohortflow.features import Panel
 from cohortflow.store import Store
-from io_managers.canonical_store import LastPanel
+from cohortflow_dagster.io_managers.canonical_store import LastPanel
 
 BATCH = "ab12cd34ef56"
 

@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from dagster import DagsterInstance, build_sensor_context, instance_for_test
 
-from assets.partitions import attempt_key
-from definitions import build_definitions
+from cohortflow_dagster.assets.partitions import attempt_key
+from cohortflow_dagster.definitions import build_definitions
 
 
 def _tick(defs, inst: DagsterInstance, name: str, cursor: str | None):
@@ -188,7 +188,7 @@ def _attempt_sensor_after(tmp_path: Path, settings_path: Path, batch: str, attem
     files are under ``tmp_path / "out"``."""
     from dagster import build_run_status_sensor_context
 
-    from sensors.attempts import attempt_sensor
+    from cohortflow_dagster.sensors.attempts import attempt_sensor
 
     defs = build_definitions(str(tmp_path / "data"), str(tmp_path / "out"), str(settings_path))
     with instance_for_test() as inst:

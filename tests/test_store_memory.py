@@ -38,13 +38,13 @@ def _wipe() -> None:
 def materialized(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Materialized]:
     from dagster import DagsterInstance, materialize
 
-    from assets import build_assets
-    from assets.partitions import attempt_key
+    from cohortflow_dagster.assets import build_assets
+    from cohortflow_dagster.assets.partitions import attempt_key
     from cohortflow.intake import take_in
     from cohortflow.settings import load_settings
     from cohortflow.synthetic import generate
-    from io_managers.canonical_store import CanonicalStoreIOManager
-    from resources.cohortflow import CohortflowResource
+    from cohortflow_dagster.io_managers.canonical_store import CanonicalStoreIOManager
+    from cohortflow_dagster.resources.cohortflow import CohortflowResource
 
     _wipe()
     data = tmp_path_factory.mktemp("memory") / "data"
@@ -188,9 +188,9 @@ def test_readers_and_manifests_work_on_the_memory_root(materialized: Materialize
 def test_io_manager_round_trip_through_dagster_contexts(materialized: Materialized) -> None:
     from dagster import AssetKey, DagsterInstance, build_input_context, build_output_context
 
-    from assets.partitions import attempt_key, attempt_partitions
+    from cohortflow_dagster.assets.partitions import attempt_key, attempt_partitions
     from cohortflow.store import Store
-    from io_managers.canonical_store import CanonicalStoreIOManager
+    from cohortflow_dagster.io_managers.canonical_store import CanonicalStoreIOManager
 
     b = materialized.batch
     instance = DagsterInstance.ephemeral()

@@ -40,7 +40,7 @@ def test_tuning_is_reproducible(tuned):
 
 
 def test_tuned_params_are_saved_as_json_in_the_attempt_folder(tuned, tmp_path):
-    from io_managers.canonical_store import _write_oof
+    from cohortflow_dagster.io_managers.canonical_store import _write_oof
 
     store = Store(tmp_path)
     _write_oof(store, TARGET, "ab12cd34ef56", 0, tuned)

@@ -93,7 +93,7 @@ def _expected_asset_keys() -> set[str]:
     """The asset keys of the code location built with the test settings, in-process."""
     from dagster_dev import FAST_SETTINGS
 
-    from definitions import build_definitions
+    from cohortflow_dagster.definitions import build_definitions
 
     defs = build_definitions("unused-data", "unused-output", str(FAST_SETTINGS))
     return {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
@@ -195,7 +195,7 @@ def _assert_canonical_tree(root: Path, batch: str, symbols: tuple[str, ...]) -> 
 
 @pytest.mark.slow
 def test_backfill_from_the_ui_materializes_every_partition(tmp_path: Path) -> None:
-    from assets.partitions import attempt_key
+    from cohortflow_dagster.assets.partitions import attempt_key
 
     t_start = time.monotonic()
     ws = make_workspace(tmp_path, max_concurrent_runs=2)
