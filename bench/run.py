@@ -504,7 +504,7 @@ def measure_store(quick: bool, work: Path) -> tuple[list[Row], list[str]]:
     # Store.write_oof and the output metadata (paths, sha256, rows) out
     from dagster import AssetKey, DagsterInstance, build_output_context
 
-    from cohortflow_dagster.assets.partitions import (
+    from cohortflow_dagster.partitions import (
         attempt_dim_partitions,
         attempt_key,
         attempt_partitions,

@@ -186,6 +186,7 @@ def cmd_cohorts_show(args: argparse.Namespace) -> int:
 
 def cmd_cohorts_diff(args: argparse.Namespace) -> int:
     from cohortflow.canonical import sha256_hex
+    from cohortflow.errors import ArtifactNotFoundError
     from cohortflow.formats import read_bytes
     from cohortflow.layout import as_root
     from cohortflow.snapshots import Baseline, build_diff_prev
@@ -193,8 +194,11 @@ def cmd_cohorts_diff(args: argparse.Namespace) -> int:
     rec_a, a = _load_cohort(args.root, args.a)
     _, b = _load_cohort(args.root, args.b)
     # the baseline digest as the store computes it: sha256 of snapshot.json's bytes
-    raw = read_bytes(rec_a.file(as_root(args.root), "snapshot.json"))
-    baseline = Baseline(rec_a.path, a.snapshot, a.metadata, sha256_hex(raw))
+    try:
+        digest = sha256_hex(read_bytes(rec_a.file(as_root(args.root), "snapshot.json")))
+    except ArtifactNotFoundError:
+        digest = None  # a cohort of an older layout without one
+    baseline = Baseline(rec_a.path, a.snapshot, a.metadata, digest)
     diff = build_diff_prev(
         {**b.snapshot, "settings_values": b.metadata.get("settings", {})}, baseline
     )

@@ -350,12 +350,8 @@ class Scope:
         return self.attempt_dir(root) / "oof" / "oof_metrics.json"
 
     def fold_plan_path(self, root: P, folder: str) -> P:
-        """``fold_plan.json`` beside what a fold plan produced (``oof``) or, with
-        ``folder=""``, in the attempt folder itself (the ranking stage's plan)."""
-        base = self.attempt_dir(root)
-        if folder:
-            base = base / validate_name("folder", folder)
-        return base / "fold_plan.json"
+        """``fold_plan.json`` beside what a fold plan produced (``oof``)."""
+        return self.attempt_dir(root) / validate_name("folder", folder) / "fold_plan.json"
 
     def stacking_dir(self, root: P) -> P:
         return self.attempt_dir(root) / "stacking"

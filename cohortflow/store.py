@@ -468,9 +468,46 @@ class Store:
                 (scope.record(files.cohort_id, draft.universe_sig), dict(draft.key_metrics))
             )
         written = self._described(items)
-        marker = seal_document(records, cohorts)
-        written += self._described([(scope.complete_marker(self.root), json_bytes(marker), None)])
+        return written + self._write_seal(scope, seal_document(records, cohorts))
+
+    def _write_seal(self, scope: Scope, seal: Mapping[str, Any] | bytes) -> list[WrittenFile]:
+        """``_COMPLETE`` (written last), then ``_IN_PROGRESS`` goes."""
+        data = seal if isinstance(seal, bytes) else json_bytes(seal)
+        written = self._described([(scope.complete_marker(self.root), data, None)])
         remove_file(scope.progress_marker(self.root))
+        return written
+
+    def seal_folder(
+        self, scope: Scope, extra: Mapping[str, Any], seal: bytes | None = None
+    ) -> list[WrittenFile]:
+        """Seal an attempt folder whose files were copied in (``cohortflow migrate``): its
+        seal records every file as it is on disk (plus ``extra``), or is ``seal``'s bytes
+        (a seal copied along with its folder); its cohorts go into the index."""
+        from cohortflow.index import CohortIndex
+
+        folder = scope.attempt_dir(self.root)
+        with self.lock(scope):
+            if self.is_sealed(scope):
+                return []
+            if seal is None:
+                cohorts = {}
+                for child in sorted(folder.iterdir(), key=lambda p: p.name):
+                    if child.name.startswith("cohort=") and child.is_dir():
+                        cohorts[child.name.removeprefix("cohort=")] = {
+                            f.name: (
+                                metadata_digest(read_json(f))
+                                if f.name == "metadata.json"
+                                else sha256_hex(f.read_bytes())
+                            )
+                            for f in sorted(child.iterdir(), key=lambda p: p.name)
+                            if f.is_file()
+                        }
+                seal = {**seal_document(manifest_records(folder), cohorts), **extra}
+            written = self._write_seal(scope, seal)
+        records = [
+            r for r in (parse_cohort_path(self.root, c) for c in folder.iterdir()) if r is not None
+        ]
+        CohortIndex(self.root).add_many(records)
         return written
 
     def _verify_sealed_cohorts(

@@ -33,7 +33,7 @@ import json, sys, time, warnings
 from pathlib import Path
 warnings.filterwarnings("ignore")
 from dagster import DagsterInstance
-from cohortflow_dagster.assets.partitions import attempt_key
+from cohortflow_dagster.partitions import attempt_key
 from cohortflow_dagster.definitions import build_definitions
 data, out, settings, batch, attempt, ready, go = sys.argv[1:8]
 job = build_definitions(data, out, settings).resolve_job_def("cohortflow_job")
@@ -209,7 +209,7 @@ def test_four_processes_materializing_one_partition_at_once(tmp_path: Path) -> N
 def test_killed_run_leaves_no_partial_file_and_a_rerun_completes(tmp_path: Path) -> None:
     from dagster import DagsterInstance
 
-    from cohortflow_dagster.assets.partitions import attempt_key
+    from cohortflow_dagster.partitions import attempt_key
     from cohortflow.index import CohortIndex
     from cohortflow.layout import latest_complete_attempt, walk_cohorts
     from cohortflow_dagster.definitions import build_definitions

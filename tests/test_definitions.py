@@ -39,7 +39,7 @@ def test_definitions_build_one_asset_set_per_target():
 
 
 def test_every_asset_shares_the_batch_times_attempt_partitions():
-    from cohortflow_dagster.assets.partitions import attempt_partitions
+    from cohortflow_dagster.partitions import attempt_partitions
     from cohortflow_dagster.definitions import build_definitions
 
     graph = build_definitions("data", "output", str(FAST_SETTINGS)).resolve_asset_graph()

@@ -379,7 +379,7 @@ def test_attempt1_diff_prev_names_its_baseline_and_the_removed_leaks(pipeline: P
 def test_every_attempt_folder_completes_when_symbol_views_are_limited(tmp_path: Path) -> None:
     from dagster import DagsterInstance
 
-    from cohortflow_dagster.assets.partitions import attempt_key
+    from cohortflow_dagster.partitions import attempt_key
     from cohortflow.intake import take_in
     from cohortflow.settings import load_settings
     from cohortflow.synthetic import generate

@@ -32,7 +32,7 @@ def test_multiprocess_executor_runs_a_partition_of_the_parallel_job(
 ) -> None:
     from dagster import DagsterEventType, execute_job, instance_for_test
 
-    from cohortflow_dagster.assets.partitions import (
+    from cohortflow_dagster.partitions import (
         attempt_dim_partitions,
         attempt_key,
         attempt_partitions,

@@ -195,7 +195,7 @@ def _assert_canonical_tree(root: Path, batch: str, symbols: tuple[str, ...]) -> 
 
 @pytest.mark.slow
 def test_backfill_from_the_ui_materializes_every_partition(tmp_path: Path) -> None:
-    from cohortflow_dagster.assets.partitions import attempt_key
+    from cohortflow_dagster.partitions import attempt_key
 
     t_start = time.monotonic()
     ws = make_workspace(tmp_path, max_concurrent_runs=2)

@@ -190,7 +190,7 @@ def test_ui_shows_the_graph_the_partitions_and_the_plot(
     reason = _browser_missing()
     if reason:
         pytest.skip(reason)
-    from cohortflow_dagster.assets.partitions import attempt_key
+    from cohortflow_dagster.partitions import attempt_key
     from cohortflow_dagster.cli.runner import run_universe
 
     # one batch, materialized in-process exactly as `cohortflow run` does
