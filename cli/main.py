@@ -34,9 +34,12 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def demo_settings() -> Path:
-    """``config/demo.yaml`` beside the package's folders (in this checkout, and installed:
-    package data of ``cohortflow_dagster``)."""
-    return Path(__file__).resolve().parent.parent.joinpath("config", "demo.yaml")
+    """``config/demo.yaml`` (in this checkout, and installed: ``cohortflow_dagster.config``)."""
+    from importlib.util import find_spec
+
+    spec = find_spec("cohortflow_dagster.config")
+    folder = next(iter(spec.submodule_search_locations)) if spec else "config"
+    return Path(folder).joinpath("demo.yaml")
 
 
 def _default(name: str, fallback: str) -> str:

@@ -25,7 +25,7 @@ from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputCo
 
 from cohortflow.domain import ArtifactKind
 from cohortflow.fsio import is_local, local_path
-from cohortflow.layout import work_file
+from cohortflow.layout import resolve, work_file
 from cohortflow.store import AttemptKey, Store, WrittenFile
 
 
@@ -146,7 +146,7 @@ def written_metadata(store: Store, written: list[WrittenFile]) -> dict[str, Any]
         return {"files": 0}
     main = max(written, key=lambda w: (w.rows is not None, w.size))
     meta: dict[str, Any] = {
-        "path": MetadataValue.path(str(store.root / main.relpath)),
+        "path": MetadataValue.path(str(resolve(store.root, main.relpath))),
         "sha256": main.sha256,
         "files": len(written),
         "bytes": sum(w.size for w in written),

@@ -97,10 +97,10 @@ def test_every_artifact_lands_at_its_exact_memory_path(materialized: Materialize
     root = UPath(ROOT)
     expected = [
         f"_registry/batch_{b}.json",
-        f"_work/batch_{b}/bars.parquet",
-        f"_work/batch_{b}/bars.json",
-        f"_work/batch_{b}/panel.parquet",
-        f"_work/batch_{b}/panel.json",
+        f"_work/batch_{b}/attempt_0/bars.parquet",
+        f"_work/batch_{b}/attempt_0/bars.json",
+        f"_work/batch_{b}/attempt_0/panel.parquet",
+        f"_work/batch_{b}/attempt_0/panel.json",
         f"reports/batch_{b}/attempt_0/target_ranking.csv",
         "_index/cohorts.jsonl",
     ]
