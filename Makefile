@@ -13,13 +13,14 @@ DATA_DIR ?= data/bars
 OUTPUT_ROOT ?= output
 export DAGSTER_HOME ?= $(CURDIR)/.dagster_home
 
-.PHONY: help install demo test test-quick test-browser ui bench lint format clean
+.PHONY: help install demo test test-quick test-browser ui dg-check bench lint format clean
 
 help:
 	@echo "make demo        install, copy the built-in real data, materialize the whole graph, print a summary"
 	@echo "make test        the whole test suite (slow end-to-end tests included)"
 	@echo "make test-quick  the quick subset (no slow end-to-end, no browser)"
 	@echo "make ui          the Dagster UI (webserver + daemon) on http://127.0.0.1:3000"
+	@echo "make dg-check    dg check defs and dg list defs"
 	@echo "make bench       benchmarks (BENCH_QUICK=1 for a short run)"
 	@echo "make lint        ruff"
 
@@ -48,9 +49,14 @@ test-browser: install
 	$(BIN)/python -m pytest -q -m browser
 
 ui: install
-	@$(BIN)/python -c "from cli.main import ensure_dagster_home; ensure_dagster_home()"
+	@$(BIN)/python -c "from cohortflow_dagster.resources.home import ensure_dagster_home; ensure_dagster_home()"
 	COHORTFLOW_DATA_DIR=$(DATA_DIR) COHORTFLOW_OUTPUT_ROOT=$(OUTPUT_ROOT) COHORTFLOW_SETTINGS=$(CURDIR)/config/demo.yaml \
-		$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000
+		$(BIN)/dagster dev -w workspace.yaml -h 127.0.0.1 -p 3000 --log-level info
+
+# dg's view of the project ([tool.dg] in pyproject.toml): the definitions load and list
+dg-check: install
+	$(BIN)/dg check defs
+	$(BIN)/dg list defs
 
 bench: install
 	$(BIN)/python bench/run.py

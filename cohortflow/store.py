@@ -52,6 +52,7 @@ from cohortflow.layout import (
     Scope,
     as_root,
     cohort_file,
+    lock_path,
     parse_cohort_path,
     report_path,
     validate_batch,
@@ -305,27 +306,29 @@ class Store:
 
     def _write_plain(self, files: Files, key: AttemptKey) -> list[WrittenFile]:
         """Batch-level files (working data, reports): identical bytes are left alone;
-        different bytes are written unless the attempt is sealed."""
-        items, out = [], []
-        for path, (data, rows) in sorted(files.items(), key=_by_str):
-            try:
-                same = path.read_bytes() == data
-            except FileNotFoundError:
-                same = None
-            if same:
-                out.append(self._unchanged(path, data, rows))
-            else:
-                items.append((path, data, rows, same is False))
-        changed = [self.rel(p) for p, _, _, existed in items if existed]
-        if changed and self.attempt_sealed(key.batch, key.attempt):
-            raise SealedAttemptError(
-                f"batch {key.batch} attempt {key.attempt} is sealed and this run would change "
-                f"{', '.join(changed[:3])}; start attempt {key.attempt + 1} instead"
-            )
-        if items:
-            remove_stale_tmp(work_dir(self.root, key.batch, key.attempt), recursive=True)
-            out += self._described([(p, d, r) for p, d, r, _ in items])
-        return out
+        different bytes are written unless the attempt is sealed. Under the attempt's
+        working-data lock: two runs of one partition never interleave these either."""
+        with exclusive_lock(lock_path(self.root, f"work-{key.batch}-{key.attempt}")):
+            items, out = [], []
+            for path, (data, rows) in sorted(files.items(), key=_by_str):
+                try:
+                    same = path.read_bytes() == data
+                except FileNotFoundError:
+                    same = None
+                if same:
+                    out.append(self._unchanged(path, data, rows))
+                else:
+                    items.append((path, data, rows, same is False))
+            changed = [self.rel(p) for p, _, _, existed in items if existed]
+            if changed and self.attempt_sealed(key.batch, key.attempt):
+                raise SealedAttemptError(
+                    f"batch {key.batch} attempt {key.attempt} is sealed and this run would "
+                    f"change {', '.join(changed[:3])}; start attempt {key.attempt + 1} instead"
+                )
+            if items:
+                remove_stale_tmp(work_dir(self.root, key.batch, key.attempt), recursive=True)
+                out += self._described([(p, d, r) for p, d, r, _ in items])
+            return out
 
     def read_universe(self, key: AttemptKey, *, bars: bool = True) -> Any:
         """The attempt's universe as stored; ``bars=False``: what it is (symbols, files and

@@ -23,7 +23,7 @@ from cohortflow_dagster.resources.cohortflow import (  # noqa: E402
 )
 from cohortflow_dagster.resources.home import export_runs_at_once  # noqa: E402
 from cohortflow_dagster.sensors import attempt_sensor, data_sensor  # noqa: E402
-from dagster import Definitions, in_process_executor  # noqa: E402
+from dagster import Definitions, colored_console_logger, in_process_executor  # noqa: E402
 
 from cohortflow.settings import load_settings  # noqa: E402
 
@@ -45,6 +45,8 @@ def build_definitions(
         # executor; in-process for the reason given in assets/jobs.py.
         executor=in_process_executor,
         sensors=[data_sensor, attempt_sensor],
+        # a run's own terminal (`make ui`, `dagster dev`) shows INFO and up, not every event
+        loggers={"console": colored_console_logger.configured({"log_level": "INFO"})},
         resources={
             "cohortflow": CohortflowResource(
                 data_dir=data_dir, output_root=output_root, settings_path=settings_path

@@ -136,6 +136,8 @@ def assert_whole(path: Path) -> None:
         import pandas as pd
 
         assert len(pd.read_csv(path).columns) > 1, path
+    elif path.name == "_IN_PROGRESS":  # the marker of an attempt being written: empty
+        assert path.read_bytes() == b"", path
     elif path.suffix == ".txt":  # LightGBM's text model
         import lightgbm
 
@@ -146,10 +148,11 @@ def assert_whole(path: Path) -> None:
 
 def assert_attempt_complete_and_verified(root: Path, folder: Path) -> None:
     from cohortflow.store import Store
+    from cohortflow.verify import verify_folder
 
     assert (folder / "_COMPLETE").is_file(), f"{folder} incomplete"
-    ok, message = Store(root).verify_manifest(scope_of(root, folder))
-    assert ok, message
+    assert not (folder / "_IN_PROGRESS").exists(), f"{folder} still marked in progress"
+    assert verify_folder(Store(root), scope_of(root, folder)) == []
     cohorts = [p for p in folder.iterdir() if p.name.startswith("cohort=")]
     assert len(cohorts) == 1, f"{folder}: {[p.name for p in cohorts]}"
     snapshot = json.loads((cohorts[0] / "snapshot.json").read_text())

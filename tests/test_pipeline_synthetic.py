@@ -143,6 +143,8 @@ def expected_files(target: str, stage: str, cohort: str, attempt: int) -> set[st
             f"feature_exclusions/{target}_exclusions.yaml",
             "feature_importances/lightgbm_importances.csv",
             "fold_plan.json",
+            # the features the ranking saw, after the inherited exclusions (as the reference)
+            "featureset_artifacts/featureset_post_prune.json",
         }
     elif stage == "FEATURE_SELECTION":
         out |= {
@@ -229,7 +231,9 @@ def test_attempt1_finds_no_leak_and_is_the_last(pipeline: Pipeline) -> None:
 
 # every check of every asset, per target: no_leaks_remain, importances_schema,
 # featureset_schema, oof_schema, native_formats, and three per cohort snapshot
-CHECKS_PER_TARGET = 5 + 3 * 3
+# six of their own (exclusions, importances, featureset, OOF, stack, evaluation), three per
+# cohort snapshot, and attempt_sealed on each of the nine assets with a stage folder
+CHECKS_PER_TARGET = 6 + 3 * 3 + 9
 
 
 def test_asset_checks_fail_on_the_leaks_of_attempt0_and_all_pass_in_attempt1(
@@ -242,8 +246,9 @@ def test_asset_checks_fail_on_the_leaks_of_attempt0_and_all_pass_in_attempt1(
     assert sorted((c.asset, c.check) for c in failed) == [
         (f"{t}/feature_exclusions", "no_leaks_remain") for t in sorted(TARGETS)
     ]
-    for c in failed:  # the failure names the leaks it found
+    for c in failed:  # the failure names the leaks it found; attempt 1 fixes them: a WARN
         assert all(leak in c.description for leak in LEAKS), c.description
+        assert c.severity == "WARN" and "attempt 1 runs without them" in c.description
     assert [c.line() for c in second.checks if not c.passed] == []
     # the second attempt's snapshots were compared with the first's
     assert {c.check for c in second.checks} >= {"manifest_integrity", "comparable_with_previous"}

@@ -156,8 +156,10 @@ def test_readers_and_manifests_work_on_the_memory_root(materialized: Materialize
     from cohortflow.index import CohortIndex
     from cohortflow.index import find_cohort
     from cohortflow.layout import Scope, latest_complete_attempt, walk_cohorts
+    from cohortflow.domain import ArtifactKind
     from cohortflow.loader import load_stacking_data
-    from cohortflow.store import Store
+    from cohortflow.store import AttemptKey, Store
+    from cohortflow.verify import verify_folder
 
     b = materialized.batch
     store = Store(ROOT)
@@ -166,8 +168,7 @@ def test_readers_and_manifests_work_on_the_memory_root(materialized: Materialize
             symbols = (None,) if stage == "TRAINING" else (None, *materialized.symbols)
             for symbol in symbols:
                 view = "CROSS_SECTIONAL" if symbol is None else "SYMBOL_SPECIFIC"
-                ok, message = store.verify_manifest(Scope(target, stage, view, b, 0, symbol))
-                assert ok, message
+                assert verify_folder(store, Scope(target, stage, view, b, 0, symbol)) == []
     walked = list(walk_cohorts(ROOT))
     indexed = CohortIndex(ROOT).list()
     # 2 targets × (TR: 1 + 3, FS: 1 + 3, TRAINING: 1)
@@ -180,8 +181,8 @@ def test_readers_and_manifests_work_on_the_memory_root(materialized: Materialize
     assert len(stacking.frame) > 0 and {"y_true", "pred_lightgbm", "pred_xgboost"} <= set(
         stacking.frame.columns
     )
-    # the stack loads back from memory through a scratch copy (native formats only)
-    stack = store.read_stacking(Scope("fwd_ret_10", "TRAINING", "CROSS_SECTIONAL", b, 0))
+    # the stack loads back from memory (native formats only, from their bytes)
+    stack = store.read(ArtifactKind.STACKING, AttemptKey(b, 0, "fwd_ret_10"))
     assert set(stack.base_models) >= {"lightgbm", "xgboost"} and stack.target == "fwd_ret_10"
 
 
@@ -198,7 +199,10 @@ def test_io_manager_round_trip_through_dagster_contexts(materialized: Materializ
     instance.add_dynamic_partitions("universe_batch", [b])
     instance.add_dynamic_partitions("attempt", ["0", "5"])
     manager = CanonicalStoreIOManager(root=ROOT)
-    value = Store(ROOT).read_featuresets("fwd_ret_10", b, 0)
+    from cohortflow.domain import ArtifactKind
+    from cohortflow.store import AttemptKey
+
+    value = Store(ROOT).read(ArtifactKind.FEATURESETS, AttemptKey(b, 0, "fwd_ret_10"))
     # written to attempt 5 through the IO manager, as Dagster would hand it over
     key = AssetKey(["fwd_ret_10", "featureset"])
     moved = {

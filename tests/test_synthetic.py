@@ -123,7 +123,7 @@ def test_unequal_histories_and_consistent_ohlcv(synthetic_panel):
         assert (b["high"] >= b[["open", "close"]].max(axis=1)).all()
         assert (b["low"] <= b[["open", "close"]].min(axis=1)).all()
         assert (b["volume"] > 0).all()
-        assert (b["timestamp"].dt.dayofweek < 5).all()
+        assert (b["timestamp"].dt.day_of_week < 5).all()
 
 
 def test_close_only_without_leaks():
