@@ -30,7 +30,7 @@ from its own random stream, so the frames without them are byte-identical to bef
 - ``"centered_5"`` -> ``leak_centered_5``: a centered mean of 1-bar log returns over
   t-5 .. t+5 (the demo leak's window as a user column); tested at h = 20 it scores a rank
   IC of only ~0.3 with ``fwd_ret_20``.
-- ``"future_vol_5"`` -> ``leak_future_vol_5``: the standard deviation of the next 5 bars'
+- ``"vol_next_5"`` -> ``leak_vol_next_5``: the standard deviation of the next 5 bars'
   log returns (a peek at future volatility: no signed IC, only an IC with |return|).
 
 Symbols ``SYN00`` ... on business days from ``start``; every 4th symbol starting at SYN01
@@ -67,7 +67,7 @@ LEAK_KINDS = {
     "shifted_ret_5": "leak_shifted_ret_5",
     "one_symbol": "leak_one_symbol",
     "centered_5": "leak_centered_5",
-    "future_vol_5": "leak_future_vol_5",
+    "vol_next_5": "leak_vol_next_5",
 }
 ONE_SYMBOL_LEAK_INDEX = 3  # SYN03: a start n_bars // 3 late, the fewest rows
 _ONE_SYMBOL_IC = 0.3  # corr(leak_one_symbol, fwd_ret_5) in the leaking file
@@ -160,7 +160,7 @@ def _optional_leaks(
             if n >= 12:
                 # the mean of the 1-bar returns into bars t-5 .. t+5
                 x[6 : n - 5] = sliding_window_view(ret1[1:], 11).mean(axis=-1)
-        elif kind == "future_vol_5":
+        elif kind == "vol_next_5":
             x = np.full(n, np.nan)
             if n > 6:
                 # the returns into bars t+1 .. t+5

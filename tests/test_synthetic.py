@@ -188,7 +188,7 @@ def test_sample_files_are_deterministic(sample_dir, tmp_path):
 
 # --------------------------------------------------------------------------- optional leak kinds
 
-KINDS = ("shifted_ret_5", "one_symbol", "centered_5", "future_vol_5")
+KINDS = ("shifted_ret_5", "one_symbol", "centered_5", "vol_next_5")
 
 
 def _values_sha256(frames: dict[str, pd.DataFrame]) -> str:
@@ -218,7 +218,7 @@ def test_without_leak_kinds_the_frames_are_what_they_were():
         assert list(with_kinds[s].columns)[len(frame.columns) :] == [LEAK_KINDS[k] for k in KINDS]
     assert truth2.leak_features == (
         "leak_future", "leak_centered", "leak_shifted_ret_5", "leak_one_symbol",
-        "leak_centered_5", "leak_future_vol_5",
+        "leak_centered_5", "leak_vol_next_5",
     )  # fmt: skip
     assert truth2.leak_symbols == (("leak_one_symbol", ("SYN02",)),)  # fewer than 4 symbols
     with pytest.raises(ValueError, match=r"unknown leak kind\(s\) \['peek'\]"):
@@ -238,7 +238,7 @@ def test_leak_kinds_hold_what_they_say():
         np.testing.assert_allclose(f["leak_centered_5"], centered, rtol=1e-12, atol=1e-15)
         # the standard deviation of the returns into bars t+1 .. t+5
         future_vol = r1.rolling(5).std().shift(-5)
-        np.testing.assert_allclose(f["leak_future_vol_5"], future_vol, rtol=1e-10)
+        np.testing.assert_allclose(f["leak_vol_next_5"], future_vol, rtol=1e-10)
         fwd5 = f["close"].shift(-5) / f["close"] - 1
         corr = f["leak_one_symbol"].corr(fwd5)
         if symbol == "SYN03":
