@@ -50,9 +50,12 @@ __all__ = [
     "PORTFOLIO_SCHEMA",
     "Trials",
     "deflated_sharpe",
+    "dsr_probability",
+    "expected_max_sharpe_z",
     "infer_bars_per_year",
     "lead_returns",
     "portfolio_report",
+    "portfolio_summary",
     "quantile_labels",
 ]
 
@@ -245,11 +248,23 @@ def deflated_sharpe(
             "kurtosis": kurt,
         }
     )
-    if denom > 0:
-        out["probability"] = _NORMAL.cdf((sr - sr0) * math.sqrt(t - 1.0) / math.sqrt(denom))
-    else:
+    out["probability"] = dsr_probability(sr, t, skew, kurt, sr0)
+    if out["probability"] is None:
         out["reason"] = "non-positive variance term (moments too extreme)"
     return out
+
+
+def dsr_probability(
+    sharpe: float, n_periods: int, skewness: float, kurtosis: float, benchmark: float
+) -> float | None:
+    """P(true Sharpe > ``benchmark``) given a per-period Sharpe ratio estimated from
+    ``n_periods`` returns with these skewness and kurtosis (not excess): the probabilistic
+    Sharpe ratio, which with ``benchmark`` = the expected maximum of the trials is the DSR.
+    None where ``1 - g3 SR + (g4 - 1) / 4 SR^2`` is not positive."""
+    denom = 1.0 - skewness * sharpe + (kurtosis - 1.0) / 4.0 * sharpe * sharpe
+    if not denom > 0 or n_periods < 2:
+        return None
+    return _NORMAL.cdf((sharpe - benchmark) * math.sqrt(n_periods - 1.0) / math.sqrt(denom))
 
 
 # --------------------------------------------------------------------------- the report
