@@ -150,17 +150,31 @@ def portfolio_plot(doc: Mapping, target: str) -> bytes:
         fig = _figure(9.0, 3.6)
         fig.suptitle(f"{target}: held-out portfolio ({', '.join(facts)})", fontsize=12)
         left = fig.add_axes((0.08, 0.16, 0.36, 0.66))
-        left.bar(labels, means, color=[_GREEN if v >= 0 else _RED for v in np.nan_to_num(means)])
+        x = np.arange(len(means))
+        heights = np.nan_to_num(means)  # an empty quantile (fewer names than Q): no bar
+        left.bar(x, heights, color=[_GREEN if v >= 0 else _RED for v in heights])
+        left.set_xticks(
+            x,
+            [
+                lab if np.isfinite(m) else f"{lab}\n(empty)"
+                for lab, m in zip(labels, means, strict=True)
+            ],
+        )
         left.axhline(0, color="black", linewidth=0.6)
         left.set_title("mean return by quantile")
         left.set_ylabel(f"mean {doc['horizon']}-bar return (%)")
         right = fig.add_axes((0.56, 0.16, 0.41, 0.66))
-        if len(series):
-            right.plot(when, cumulative, color=_SERIES[0], linewidth=1.4)
         right.axhline(0, color="black", linewidth=0.6)
         right.set_title("cumulative long-short (top - bottom)")
         right.set_ylabel("cumulative return (%)")
-        locator = mdates.AutoDateLocator(minticks=3, maxticks=6)
-        right.xaxis.set_major_locator(locator)
-        right.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+        if len(series):
+            right.plot(when, cumulative, color=_SERIES[0], linewidth=1.4)
+            locator = mdates.AutoDateLocator(minticks=3, maxticks=8)
+            right.xaxis.set_major_locator(locator)
+            right.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+        else:
+            right.set_xticks([])
+            right.set_yticks([])
+            right.text(0.5, 0.5, ls.get("note") or "no long-short periods", ha="center",
+                       va="center", wrap=True, transform=right.transAxes)  # fmt: skip
         return _png(fig)

@@ -57,6 +57,7 @@ __all__ = [
     "portfolio_report",
     "portfolio_summary",
     "quantile_labels",
+    "with_trials",
 ]
 
 PORTFOLIO_SCHEMA = "1.0"
@@ -161,13 +162,16 @@ class Trials:
             object.__setattr__(self, "sharpe_variance", var)
 
     @classmethod
-    def from_sharpes(cls, sharpes_annualized: Sequence[float]) -> Trials:
-        """Trials from their annualised Sharpe ratios (NaN ignored): n and variance (ddof 1)."""
-        s = np.asarray([x for x in sharpes_annualized if x is not None], dtype=np.float64)
+    def from_sharpes(cls, sharpes_annualized: Sequence[float | None]) -> Trials:
+        """Trials from their annualised Sharpe ratios: n counts every trial (one whose
+        Sharpe is undefined -- None or NaN -- was still tried), the variance (ddof 1) uses the
+        defined ones (None with fewer than two)."""
+        values = list(sharpes_annualized)
+        if not values:
+            raise ValueError("no trial given")
+        s = np.asarray([np.nan if x is None else x for x in values], dtype=np.float64)
         s = s[np.isfinite(s)]
-        if s.size == 0:
-            raise ValueError("no finite trial Sharpe ratio given")
-        return cls(int(s.size), float(np.var(s, ddof=1)) if s.size > 1 else None)
+        return cls(len(values), float(np.var(s, ddof=1)) if s.size > 1 else None)
 
 
 def expected_max_sharpe_z(n_trials: int) -> float:
@@ -340,7 +344,9 @@ def portfolio_report(
         bpy, bpy_source = float(bars_per_year), "given"
         if not bpy > 0:
             raise ValueError(f"bars_per_year must be > 0, got {bars_per_year}")
-    periods_per_year = bpy / h
+    # rounded as the document records them, so with_trials() on the document reproduces it
+    bpy = normalize(bpy)
+    periods_per_year = normalize(bpy / h)
     y = frame["y_true"].to_numpy(np.float64)
     pred = frame[pred_col].to_numpy(np.float64)
     quantile = quantile_labels(ts, pred, q)
@@ -360,6 +366,10 @@ def portfolio_report(
     std = float(ls.std(ddof=1)) if n_p > 1 else None
     sharpe = mean / std if std else None
     long_short = {
+        "note": None
+        if n_p
+        else "no date with both a top and a bottom quantile (the prediction is constant "
+        "within dates): no long-short portfolio",
         "mean": mean,
         "std": std,
         "n_periods": n_p,
@@ -394,7 +404,9 @@ def portfolio_report(
         "long_short": long_short,
         "turnover": {"top_quantile": turnover, "lag_bars": h, "n_dates": n_turn},
         "ic_decay": _ic_decay(frame, leads, h, pred_col) if leads is not None else None,
-        "deflated_sharpe": deflated_sharpe(ls, periods_per_year, trials),
+        # from the period returns as the document records them (12 digits), so that
+        # with_trials() on the document reproduces it exactly
+        "deflated_sharpe": deflated_sharpe(normalize(ls.tolist()), periods_per_year, trials),
     }
     log.info(
         "portfolio %s h=%d: long-short Sharpe %s (annualised), DSR %s",
@@ -427,6 +439,17 @@ def _ic_decay(
             {"lead": k, "rank_ic": float(ic.mean()) if len(ic) else None, "n_dates": len(ic)}
         )
     return out
+
+
+def with_trials(doc: Mapping[str, Any], trials: Trials) -> dict[str, Any]:
+    """``doc`` with its ``deflated_sharpe`` recomputed for ``trials``, from the long-short
+    period returns it records (``long_short.series``): for when the trials (every target and
+    attempt of a batch) are known only after each target's report was made. Typically
+    ``Trials.from_sharpes([d["long_short"]["sharpe_annualized"] for d in docs])``."""
+    returns = [float(v) for _, v in doc["long_short"]["series"]]
+    out = dict(doc)
+    out["deflated_sharpe"] = deflated_sharpe(returns, float(doc["periods_per_year"]), trials)
+    return normalize(out)
 
 
 def portfolio_summary(doc: Mapping[str, Any]) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from cohortflow.portfolio import (
     lead_returns,
     portfolio_report,
     quantile_labels,
+    with_trials,
 )
 from cohortflow.settings import Settings
 from cohortflow.synthetic import generate_frames, signal_betas
@@ -222,15 +223,16 @@ def test_dsr_with_one_trial_is_the_probabilistic_sharpe_against_zero():
 
 
 def test_trials():
-    t = Trials.from_sharpes([1.0, 2.0, np.nan, 3.0])
-    assert (t.n, t.sharpe_variance) == (3, pytest.approx(1.0))
+    t = Trials.from_sharpes([1.0, 2.0, np.nan, 3.0, None])  # undefined ones still count
+    assert (t.n, t.sharpe_variance) == (5, pytest.approx(1.0))
     assert Trials.from_sharpes([1.5]) == Trials(1, None)
+    assert Trials.from_sharpes([None, None, 0.5]) == Trials(3, None)
     with pytest.raises(ValueError, match="integer >= 1"):
         Trials(0)
     with pytest.raises(ValueError, match="finite and >= 0"):
         Trials(3, -1.0)
-    with pytest.raises(ValueError, match="no finite trial"):
-        Trials.from_sharpes([np.nan])
+    with pytest.raises(ValueError, match="no trial given"):
+        Trials.from_sharpes([])
 
 
 def test_infer_bars_per_year():
@@ -253,3 +255,28 @@ def test_portfolio_plot_is_a_stable_png(synthetic_test_period):
     assert portfolio_plot(doc, "fwd_ret_10") != png  # the title names the target
     noise = portfolio_report(preds, None, H, pred_col="pred_noise")
     assert portfolio_plot(noise, "fwd_ret_5") != png
+
+
+def test_with_trials_redeflates_from_the_recorded_periods(synthetic_test_period):
+    frame, preds = synthetic_test_period
+    leads = lead_returns(frame, H)
+    alone = portfolio_report(preds, leads, H)
+    trials = Trials.from_sharpes([alone["long_short"]["sharpe_annualized"], 0.3, -0.5, 1.1])
+    later = with_trials(alone, trials)
+    assert later == portfolio_report(preds, leads, H, trials=trials)  # the same document
+    assert later["deflated_sharpe"]["n_trials"] == 4
+    assert later["deflated_sharpe"]["probability"] < alone["deflated_sharpe"]["probability"]
+
+
+def test_a_constant_prediction_forms_no_long_short():
+    """What the demo's stack does when its meta-learner shrinks every weight to 0."""
+    preds = hand_predictions().assign(pred_stack=0.0035)
+    doc = portfolio_report(preds, None, horizon=2, bars_per_year=252)
+    assert doc["mean_return_by_quantile"][2] == pytest.approx(preds["y_true"].mean())
+    assert [m for k, m in enumerate(doc["mean_return_by_quantile"]) if k != 2] == [None] * 4
+    ls = doc["long_short"]
+    assert (ls["n_periods"], ls["sharpe_annualized"], ls["series"]) == (0, None, [])
+    assert "constant" in ls["note"]
+    assert doc["deflated_sharpe"]["probability"] is None
+    assert doc["turnover"]["top_quantile"] is None
+    assert portfolio_plot(doc, "fwd_ret_2").startswith(b"\x89PNG")
