@@ -480,7 +480,9 @@ def measure_store(quick: bool, work: Path) -> tuple[list[Row], list[str]]:
 
     n_dates, n_symbols, repeats = (400, 250, 5) if quick else (2000, 500, 7)
     frame = oof_like_frame(n_dates, n_symbols)
-    fold_plan = make_fold_plan(PurgedKFold(5, 5, 5), frame["timestamp"].to_numpy())
+    # a panel: label ends (each symbol's bar 5 later) are required since issue 17
+    label_end = frame.groupby("symbol")["timestamp"].shift(-5).to_numpy()
+    fold_plan = make_fold_plan(PurgedKFold(5, 5, 5), frame["timestamp"].to_numpy(), label_end)
     scope = Scope("fwd_ret_5", "TRAINING", "CROSS_SECTIONAL", "ab12cd34ef56", 0)
     bare_dir = work / "bare_out"
     bare_dir.mkdir(parents=True, exist_ok=True)

@@ -16,6 +16,7 @@ import io
 from collections.abc import Mapping, Sequence
 
 import matplotlib
+import matplotlib.dates as mdates
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -123,4 +124,57 @@ def grouped_bars(table: pd.DataFrame, title: str, ylabel: str) -> bytes:
         ax.set_title(title)
         ax.set_ylabel(ylabel)
         ax.legend(fontsize=7, frameon=False)
+        return _png(fig)
+
+
+_PORTFOLIO_FONT = 10  # points: read at a glance in the Dagster UI
+
+
+def portfolio_plot(doc: Mapping, target: str) -> bytes:
+    """A ``portfolio.json`` document drawn: mean h-bar return per quantile (bars, in %) and
+    the cumulative long-short return over the non-overlapping periods (line, in %), under a
+    title that names the target and quotes the long-short Sharpe ratio and its DSR."""
+    means = [np.nan if m is None else 100.0 * float(m) for m in doc["mean_return_by_quantile"]]
+    labels = [f"Q{k}" for k in range(1, len(means) + 1)]
+    ls = doc["long_short"]
+    series = ls.get("series") or []
+    when = pd.to_datetime([d for d, _ in series])
+    cumulative = 100.0 * np.cumsum([float(v) for _, v in series])
+    sharpe = ls.get("sharpe_annualized")
+    dsr = (doc.get("deflated_sharpe") or {}).get("probability")
+    facts = [f"h = {doc['horizon']} bars"]
+    facts.append(f"long-short Sharpe {sharpe:.2f}" if sharpe is not None else "Sharpe n/a")
+    facts.append(f"DSR {dsr:.2f}" if dsr is not None else "DSR n/a")
+    rc = {**_RC, "font.size": _PORTFOLIO_FONT}
+    with matplotlib.rc_context(rc):
+        fig = _figure(9.0, 3.6)
+        fig.suptitle(f"{target}: held-out portfolio ({', '.join(facts)})", fontsize=12)
+        left = fig.add_axes((0.08, 0.16, 0.36, 0.66))
+        x = np.arange(len(means))
+        heights = np.nan_to_num(means)  # an empty quantile (fewer names than Q): no bar
+        left.bar(x, heights, color=[_GREEN if v >= 0 else _RED for v in heights])
+        left.set_xticks(
+            x,
+            [
+                lab if np.isfinite(m) else f"{lab}\n(empty)"
+                for lab, m in zip(labels, means, strict=True)
+            ],
+        )
+        left.axhline(0, color="black", linewidth=0.6)
+        left.set_title("mean return by quantile")
+        left.set_ylabel(f"mean {doc['horizon']}-bar return (%)")
+        right = fig.add_axes((0.56, 0.16, 0.41, 0.66))
+        right.axhline(0, color="black", linewidth=0.6)
+        right.set_title("cumulative long-short (top - bottom)")
+        right.set_ylabel("cumulative return (%)")
+        if len(series):
+            right.plot(when, cumulative, color=_SERIES[0], linewidth=1.4)
+            locator = mdates.AutoDateLocator(minticks=3, maxticks=8)
+            right.xaxis.set_major_locator(locator)
+            right.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+        else:
+            right.set_xticks([])
+            right.set_yticks([])
+            right.text(0.5, 0.5, ls.get("note") or "no long-short periods", ha="center",
+                       va="center", wrap=True, transform=right.transAxes)  # fmt: skip
         return _png(fig)

@@ -61,7 +61,10 @@ class Settings:
     min_rows: int = 500
     attempt_limit: int = 3
     n_splits: int = 5
-    # embargo in bars after each test segment; None means "the horizon"
+    # embargo (AFML 7.4.2, cohortflow/splits.py): each symbol's next `embargo` own bars
+    # after the purged span of a test fold (its rows' label windows) leave training too;
+    # None means "the horizon" (training resumes 2h bars after the fold), and
+    # embargo_for() never goes below the horizon
     embargo: int | None = None
     test_fraction: float = 0.2
     seed: int = 7

@@ -375,7 +375,7 @@ def column_metrics(
 
     ``probability``: the column is P(y > 0), whose R^2 against returns means nothing (None).
     """
-    summary = metrics.summarize_ic(ts, pred, y, lags=max(int(horizon) - 1, 0))
+    summary = metrics.summarize_ic(ts, pred, y, lags=metrics.newey_west_lags(horizon))
     return {
         "r2": None if probability else metrics.r2(y, pred),
         "ic": summary["ic"],
