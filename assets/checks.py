@@ -6,8 +6,6 @@ from __future__ import annotations
 import warnings
 from collections.abc import Iterator
 
-from cohortflow_dagster.metadata import num
-from cohortflow_dagster.partitions import attempt_partitions
 from dagster import (
     AssetCheckResult,
     AssetCheckSeverity,
@@ -20,6 +18,8 @@ from dagster import (
 from cohortflow import validate
 from cohortflow.domain import ArtifactKind
 from cohortflow.store import AttemptKey, Store
+from cohortflow_dagster.metadata import num
+from cohortflow_dagster.partitions import attempt_partitions
 
 
 def check_specs(keys: dict[ArtifactKind, AssetKey]) -> list[AssetCheckSpec]:

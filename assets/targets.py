@@ -19,8 +19,6 @@ from typing import Any
 import pandas as pd
 from cohortflow_dagster.assets.checks import check_results, check_specs
 from cohortflow_dagster.io_managers.keys import KIND_KEY, LOAD_KEY, STEP_TAG
-from cohortflow_dagster.metadata import frame_facts, joined, num, numbers, png, table
-from cohortflow_dagster.partitions import attempt_partitions, key_of
 from cohortflow_dagster.resources.cohortflow import CohortflowResource
 from dagster import (
     AssetExecutionContext,
@@ -38,6 +36,8 @@ from cohortflow.domain import ArtifactKind, AssetRole, Step, roles_of
 from cohortflow.features import Panel
 from cohortflow.store import AttemptKey, read_test_predictions
 from cohortflow.version import code_version
+from cohortflow_dagster.metadata import frame_facts, joined, num, numbers, png, table
+from cohortflow_dagster.partitions import attempt_partitions, key_of
 
 K = ArtifactKind
 
@@ -285,6 +285,21 @@ def _evaluation_meta(report: dict[str, Any]) -> dict[str, Any]:
     return meta
 
 
+def _portfolio_meta(t: stages.TargetAttempt, doc: dict[str, Any]) -> dict[str, Any]:
+    from cohortflow.portfolio import portfolio_summary
+
+    summary = portfolio_summary(doc)
+    means = doc["mean_return_by_quantile"]
+    quantiles = pd.DataFrame(
+        {"quantile": [f"Q{k}" for k in range(1, len(means) + 1)], "mean_return": means}
+    )
+    return {
+        **{k: num(v) if isinstance(v, float) else v for k, v in summary.items()},
+        "mean_return_by_quantile": table(quantiles),
+        "portfolio_plot": png(plots.portfolio_plot(doc, t.target), f"{t.target} portfolio"),
+    }
+
+
 # --------------------------------------------------------------------------- the factory
 def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
     """The three stage steps of one target, keyed under ``[target, ...]``."""
@@ -390,8 +405,9 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
             K.OOF.value: {PANEL, key[K.FEATURESETS]},
             K.STACKING.value: {PANEL, key[K.FEATURESETS], key[K.OOF]},
             K.EVALUATION.value: {PANEL, key[K.STACKING]},
+            K.PORTFOLIO.value: {PANEL, key[K.STACKING]},
             K.TRAINING_SNAPSHOTS.value: upstream
-            | {key[K.FEATURESETS], key[K.OOF], key[K.EVALUATION]},
+            | {key[K.FEATURESETS], key[K.OOF], key[K.EVALUATION], key[K.PORTFOLIO]},
         },
     )
     def training(
@@ -412,15 +428,17 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
         if run.wants(K.STACKING):
             result = stages.stacking_model(t, featureset, oof)
             yield from run.output(K.STACKING, result, _stack_meta(t, result))
-        rest = (K.EVALUATION, K.TRAINING_SNAPSHOTS)
+        rest = (K.EVALUATION, K.PORTFOLIO, K.TRAINING_SNAPSHOTS)
         if any(run.wants(k) for k in rest):
             # scored as a user loads it: from the files the store just wrote
             stack = run.store.read(K.STACKING, run.key)
             saved = read_test_predictions(run.store, run.key)
             report = run.get(K.EVALUATION, lambda: stages.evaluation(t, stack, saved))
             yield from run.output(K.EVALUATION, report, _evaluation_meta(report))
+            folio = run.get(K.PORTFOLIO, lambda: stages.portfolio(t, saved))
+            yield from run.output(K.PORTFOLIO, folio, _portfolio_meta(t, folio))
             if run.wants(K.TRAINING_SNAPSHOTS):
-                snaps = stages.training_snapshots(t, featureset, oof, report)
+                snaps = stages.training_snapshots(t, featureset, oof, report, folio)
                 yield from run.output(K.TRAINING_SNAPSHOTS, snaps, _snapshot_meta(snaps))
         yield from run.checks()
 

@@ -35,7 +35,8 @@ from cohortflow.plots import portfolio_plot  # noqa: E402
 from cohortflow.portfolio import Trials, lead_returns, portfolio_report, with_trials  # noqa: E402
 from cohortflow.sampledata import write_sample_universe  # noqa: E402
 from cohortflow.settings import ModelSettings, Settings  # noqa: E402
-from cohortflow.stacking import fit_stacking, split_train_test  # noqa: E402
+from cohortflow.splits import holdout_of  # noqa: E402
+from cohortflow.stacking import fit_stacking  # noqa: E402
 from cohortflow.synthetic import generate_frames  # noqa: E402
 
 MODELS = ModelSettings(n_estimators=60, num_leaves=7, max_depth=3, min_child_samples=50)
@@ -49,7 +50,8 @@ def run(
     for h in settings.horizons:
         target = f"fwd_ret_{h}"
         start = time.process_time()
-        train, test, info = split_train_test(frame, target, h, settings)
+        held = holdout_of(frame, h, settings.test_fraction, settings.embargo_for(h))
+        train, test, info = held.train, held.test, held.info
         oof = generate_oof(train, target, h, features, settings)
         stack = fit_stacking(oof, train, test, target, h, features, settings, split_info=info)
         leads = lead_returns(frame, h)

@@ -109,6 +109,7 @@ ASSETS: tuple[AssetRole, ...] = (
     AssetRole(ArtifactKind.OOF, Stage.TRAINING, Step.TRAINING, True),
     AssetRole(ArtifactKind.STACKING, Stage.TRAINING, Step.TRAINING, True),
     AssetRole(ArtifactKind.EVALUATION, Stage.TRAINING, Step.TRAINING, True),
+    AssetRole(ArtifactKind.PORTFOLIO, Stage.TRAINING, Step.TRAINING, True),
     AssetRole(ArtifactKind.TRAINING_SNAPSHOTS, Stage.TRAINING, Step.TRAINING, True),
     AssetRole(ArtifactKind.RANKING_TABLE, None, Step.REPORT, False),
 )

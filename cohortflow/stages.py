@@ -31,6 +31,7 @@ from cohortflow.layout import Scope
 from cohortflow.leakage import Exclusions, detect_leaks
 from cohortflow.metrics import r2
 from cohortflow.oof import OOFResult, generate_oof
+from cohortflow.portfolio import portfolio_summary
 from cohortflow.ranking import rank_target, symbols_for_view
 from cohortflow.selection import Featureset, compute_importances, prune
 from cohortflow.settings import Settings
@@ -347,11 +348,29 @@ def evaluation(t: TargetAttempt, stack: LoadedStack, saved: pd.DataFrame) -> dic
     }
 
 
+def portfolio(t: TargetAttempt, saved: pd.DataFrame) -> dict[str, Any]:
+    """The held-out predictions as a factor (:func:`cohortflow.portfolio.portfolio_report`):
+    quantile returns, the long-short spread and its Sharpe ratio deflated for the trials,
+    turnover, IC decay. Trials: the batch's targets × attempts so far (a number every run
+    of this attempt agrees on, whatever order its targets run in)."""
+    from cohortflow.portfolio import Trials, lead_returns, portfolio_report
+
+    trials = Trials(len(t.settings.targets) * (t.attempt + 1))
+    leads = lead_returns(t.panel.frame, t.horizon)
+    doc = portfolio_report(saved, leads, t.horizon, trials=trials)
+    return {
+        "target": t.target,
+        "trials_basis": "targets x attempts of the batch",
+        **doc,
+    }
+
+
 def training_snapshots(
     t: TargetAttempt,
     featuresets: Mapping[Scope, Featureset],
     oof: OOFResult,
     evaluated: Mapping[str, Any],
+    folio: Mapping[str, Any],
 ) -> StageSnapshots:
     fs = cross_sectional(featuresets)
     oof_scores = {
@@ -368,13 +387,19 @@ def training_snapshots(
         if name in ("r2", "rank_ic", "ic") and isinstance(value, int | float)
     }
     key.update({f"oof.{m}.r2": v for m, v in oof_scores.items()})
+    summary = portfolio_summary(folio)
+    key.update({f"portfolio.{k}": v for k, v in summary.items() if isinstance(v, int | float)})
     train = t.holdout.train
     draft = t.draft(
         t.scope(Stage.TRAINING),
         train[train[t.target].notna()],
         features=list(fs.kept),
         excluded={k: v for k, v in fs.dropped.items() if str(v).startswith("excluded")},
-        metrics={"evaluation": dict(evaluated), "oof": {"r2": oof_scores}},
+        metrics={
+            "evaluation": dict(evaluated),
+            "oof": {"r2": oof_scores},
+            "portfolio": summary,
+        },
         key_metrics=key,
     )
     return t.snapshots(Stage.TRAINING, [draft])
@@ -412,6 +437,7 @@ __all__ = [
     "inherited_reasons",
     "key_metrics",
     "oof_dataset",
+    "portfolio",
     "rank",
     "ranking_table",
     "rows_with_target",

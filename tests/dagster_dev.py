@@ -43,6 +43,7 @@ N_BARS = 400
 N_NOISE = 3
 SEED = 11
 
+
 @dataclass(frozen=True)
 class UiWorkspace:
     """The temporary folders of one UI test."""

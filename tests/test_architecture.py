@@ -134,7 +134,8 @@ def test_the_core_never_imports_dagster():
         for name, path in modules.items()
         if name.split(".")[0] == "cohortflow"
         for target in imports_of(path, name)
-        if target.split(".")[0] in ("dagster", "dagster_dg_cli") or target.startswith("cohortflow_dagster")
+        if target.split(".")[0] in ("dagster", "dagster_dg_cli")
+        or target.startswith("cohortflow_dagster")
     ]
     assert offenders == []
 
@@ -239,8 +240,15 @@ def test_only_layout_joins_paths_under_the_output_root(
     assert main(["cohorts", "list", *common, "--json"]) == 0
     assert main(["reindex", *common]) == 0
     assert main(["verify", *common]) == 0
-    assert main(["stacking-data", *common, "--batch", batch, "--attempt", "0", "--target", "fwd_ret_5"]) == 0
-    assert main(["stack", *common, "--batch", batch, "--attempt", "0", "--target", "fwd_ret_5"]) == 0
+    assert (
+        main(
+            ["stacking-data", *common, "--batch", batch, "--attempt", "0", "--target", "fwd_ret_5"]
+        )
+        == 0
+    )
+    assert (
+        main(["stack", *common, "--batch", batch, "--attempt", "0", "--target", "fwd_ret_5"]) == 0
+    )
     assert main(["migrate", "--from", str(out), "--to", str(out / "copy")]) == 0
     from cohortflow.index import CohortIndex
 
@@ -249,6 +257,12 @@ def test_only_layout_joins_paths_under_the_output_root(
     assert main(["cohorts", "diff", ids[0], ids[1], *common]) == 0
     assert joins, "the instrumentation saw no join at all"
     builders = {module for module, _ in joins}
-    elsewhere = sorted({(m, p) for m, p in joins if m not in PATH_BUILDERS and m.startswith(("cohortflow", "cohortflow_dagster"))})
+    elsewhere = sorted(
+        {
+            (m, p)
+            for m, p in joins
+            if m not in PATH_BUILDERS and m.startswith(("cohortflow", "cohortflow_dagster"))
+        }
+    )
     assert elsewhere == [], sorted({m for m, _ in elsewhere})
     assert "cohortflow.layout" in builders

@@ -39,10 +39,10 @@ from cohortflow.settings import Settings  # noqa: E402
 from cohortflow.splits import (  # noqa: E402
     FoldDates,
     PurgedKFold,
+    holdout_of,  # noqa: E402
     make_fold_plan,
     purge_and_embargo,
 )
-from cohortflow.stacking import split_train_test  # noqa: E402
 from cohortflow.synthetic import generate_frames, signal_betas  # noqa: E402
 
 # --------------------------------------------------------------------------- purgedcv
@@ -163,7 +163,7 @@ def test_the_demo_fold_plans_pass_purgedcv(demo_panel):
     for h in settings.horizons:
         target = f"fwd_ret_{h}"
         labelled = labelled_rows(frame, target, h)
-        train, _, _ = split_train_test(frame, target, h, settings)
+        train = holdout_of(frame, h, settings.test_fraction, settings.embargo_for(h)).train
         for name, rows in (("ranking", labelled), ("oof", labelled_rows(train, target, h))):
             rows = rows.rename(columns={f"label_end_{h}": "label_end"})
             plan = make_fold_plan(
@@ -178,7 +178,8 @@ def test_the_demo_fold_plans_pass_purgedcv(demo_panel):
     # the issue's numbers: fwd_ret_20's OOF folds trained on [7357, 7297, 6894, 6758, 6838]
     # rows with embargo 0 and 20 alike; now the embargo takes 4 x 20 dates x 4 symbols
     assert sizes[("oof", 20)] == [7297, 7237, 6814, 6678, 6838]
-    oof = labelled_rows(split_train_test(frame, "fwd_ret_20", 20, settings)[0], "fwd_ret_20", 20)
+    train = holdout_of(frame, 20, settings.test_fraction, settings.embargo_for(20)).train
+    oof = labelled_rows(train, "fwd_ret_20", 20)
     assert [f.train_idx.size for f in default_fold_plan(oof, 20, settings).folds] == sizes[
         ("oof", 20)
     ]

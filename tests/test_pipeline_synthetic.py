@@ -154,7 +154,7 @@ def expected_files(target: str, stage: str, cohort: str, attempt: int) -> set[st
         out |= {"featureset_artifacts/featureset_post_prune.json"}
     else:
         out |= {"oof/oof_predictions.parquet", "oof/fold_plan.json", "oof/oof_metrics.json"}
-        out |= {"evaluation/evaluation.json"}
+        out |= {"evaluation/evaluation.json", "evaluation/portfolio.json"}
         out |= {
             f"stacking/{name}"
             for name in (
@@ -232,8 +232,8 @@ def test_attempt1_finds_no_leak_and_is_the_last(pipeline: Pipeline) -> None:
 # every check of every asset, per target: no_leaks_remain, importances_schema,
 # featureset_schema, oof_schema, native_formats, and three per cohort snapshot
 # six of their own (exclusions, importances, featureset, OOF, stack, evaluation), three per
-# cohort snapshot, and attempt_sealed on each of the nine assets with a stage folder
-CHECKS_PER_TARGET = 6 + 3 * 3 + 9
+# cohort snapshot, and attempt_sealed on each of the ten assets with a stage folder
+CHECKS_PER_TARGET = 6 + 3 * 3 + 10
 
 
 def test_asset_checks_fail_on_the_leaks_of_attempt0_and_all_pass_in_attempt1(

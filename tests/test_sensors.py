@@ -256,9 +256,7 @@ def test_a_rerun_of_an_earlier_attempt_starts_nothing(tmp_path: Path, fast_setti
     assert "not the latest" in str(result.skip_message)
 
 
-def test_the_leak_fix_limit_counts_the_chain_not_a_users_reruns(
-    tmp_path: Path, fast_settings_path
-):
+def test_the_leak_fix_limit_counts_the_chain_not_a_users_reruns(tmp_path: Path, fast_settings_path):
     """Attempt 1 exists because the settings changed: attempt 1's leaks still get attempt 2
     under attempt_limit 2 (the chain is attempts 1, 2)."""
     from dagster import SensorResult
@@ -267,7 +265,11 @@ def test_the_leak_fix_limit_counts_the_chain_not_a_users_reruns(
 
     leaks = {"fwd_ret_5": ["x_leak"]}
     batch = _write_attempt(
-        tmp_path / "out", ("fwd_ret_5", "fwd_ret_10"), 1, leaks, reason=AttemptReason.SETTINGS_CHANGED
+        tmp_path / "out",
+        ("fwd_ret_5", "fwd_ret_10"),
+        1,
+        leaks,
+        reason=AttemptReason.SETTINGS_CHANGED,
     )
     result = _attempt_sensor_after(tmp_path, fast_settings_path, batch, 1)
     assert isinstance(result, SensorResult)
