@@ -23,7 +23,13 @@ class DataError(CohortflowError):
 
 
 class SettingsError(CohortflowError):
-    """A settings file or value that cannot be used."""
+    """A settings file or value that cannot be used. The message has one line per
+    problem, each naming the settings file (or "settings") and the key; ``problems``
+    holds the same lines."""
+
+    def __init__(self, message: str, problems: tuple[str, ...] = ()) -> None:
+        self.problems = problems or tuple(message.splitlines())
+        super().__init__(message)
 
 
 class StoreError(CohortflowError):
