@@ -376,8 +376,30 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.fn(args)
     except CohortflowError as exc:
-        print(f"cohortflow: error: {exc}", file=sys.stderr)
-        return 2
+        lines = str(exc).splitlines() or [type(exc).__name__]
+    except OSError as exc:
+        # the machine's side (a read-only output root, a full disk): one line, the cause in
+        # the system's own words ("No space left on device") and the path, no traceback
+        lines = [os_error_line(exc)]
+    for line in lines:  # several problems (settings): one line each, each naming its file
+        print(f"cohortflow: error: {line}", file=sys.stderr)
+    return 2
+
+
+def os_error_line(exc: OSError) -> str:
+    """An OSError in one line: the path, the system's words, and what to do."""
+    import errno
+
+    where = exc.filename if exc.filename is not None else "the output root"
+    words = exc.strerror or str(exc)
+    hint = {
+        errno.ENOSPC: "free some space there and run again (a rerun completes the attempt)",
+        errno.EDQUOT: "free some space there and run again (a rerun completes the attempt)",
+        errno.EROFS: "the output root must be on a writable file system (--out)",
+        errno.EACCES: "the output root must be writable by this user (--out)",
+        errno.EPERM: "the output root must be writable by this user (--out)",
+    }.get(exc.errno or 0, "")
+    return f"{where}: {words}" + (f"; {hint}" if hint else "")
 
 
 if __name__ == "__main__":

@@ -104,10 +104,12 @@ def run_universe(
     export_runs_at_once(home)
     settings = load_settings(settings_path or None)
     # validate and register first: bad input stops here, before anything is written
-    intake = take_in(data_dir, output_root, settings)
+    intake = take_in(data_dir, output_root, settings, source=settings_path or "settings")
     batch = intake.record.batch
     for skipped in intake.universe.skipped:
         log(f"left out {skipped.reason}")
+    for note in intake.universe.notes:
+        log(note)
     log(f"universe {', '.join(intake.universe.symbols)} -> batch {batch}")
     inputs = inputs_of(batch_files(intake.universe), settings)
     # the summary needs the universe's names, not its bars: do not hold them through every

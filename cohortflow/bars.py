@@ -11,6 +11,20 @@ problem (DESIGN §4). The one soft rule is length: a symbol with fewer than
 does loading fail. The universe is the set of symbols actually loaded.
 
 Row numbers in messages count data rows from 1 (the first row under a CSV header is row 1).
+
+Checks beyond the format, all before anything is written (issue 21):
+
+- timestamps must lie in the range pandas' nanosecond clock holds (1677-09-22 to
+  2262-04-10); outside it they used to wrap silently into another century;
+- time zones: a file whose timestamps carry a zone (or UTC offsets) is converted to UTC.
+  Files with and without zones in one universe are refused, naming the odd file out: a
+  time without a zone cannot be put on the same clock as one with (is "2020-01-02" UTC, or
+  New York's exchange date?), and a guess splits the cross-section silently (one symbol
+  per date). For the same reason a file whose timestamps (mostly) never coincide with the
+  other files' is refused;
+- OHLC: high >= max(open, close), low <= min(open, close) and high >= low, within
+  :data:`OHLC_TOLERANCE`; a bar whose high is more than :data:`MAX_BAR_RANGE` times its low,
+  and a close that jumps that factor for one bar and back, are taken for corrupt values.
 """
 
 from __future__ import annotations
@@ -19,7 +33,7 @@ import hashlib
 import io
 import logging
 import warnings
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -52,6 +66,22 @@ OHLCV_COLUMNS = ("open", "high", "low", "close", "volume")
 # column order of a validated bar frame, before the user columns
 STANDARD_COLUMNS = ("timestamp", *OHLCV_COLUMNS)
 _MAX_LISTED = 5
+
+# pandas' nanosecond clock holds 1677-09-21 00:12:43 .. 2262-04-11 23:47:16; whole days
+# inside it, so a date-only timestamp on either end day is refused with the same words
+FIRST_DAY = np.datetime64("1677-09-22", "D")
+LAST_DAY = np.datetime64("2262-04-10", "D")
+#: relative slack of the OHLC order checks: vendors' rounding and feeds that take the close
+#: and the high from different prints stay well inside it; a shifted decimal point or a
+#: flipped bit is a factor, not a fraction of a percent
+OHLC_TOLERANCE = 0.005
+#: a bar whose high is this many times its low, or a close that jumps this factor for one
+#: bar and straight back, is a corrupt value (no market moves 10x and back within a bar)
+MAX_BAR_RANGE = 10.0
+#: a file whose timestamps coincide with the other files' less often than this, where their
+#: spans overlap, is on another clock (time zone, bar time) and would split the cross-section
+MIN_SHARED_TIMESTAMPS = 0.5
+_MIN_OVERLAP = 10  # timestamps inside the common span before that share is judged
 
 
 @dataclass(frozen=True)
@@ -87,6 +117,8 @@ class Universe:
     bars: Mapping[str, pd.DataFrame]
     skipped: tuple[Skipped, ...]
     data_dir: Path
+    # what loading changed and a user should hear of (time zones converted to UTC)
+    notes: tuple[str, ...] = ()
     _files_by_symbol: Mapping[str, SymbolFile] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -200,10 +232,16 @@ def _read_raw(path: Path) -> pd.DataFrame:
         raise DataError(path, f"unreadable or corrupt {kind} file: {detail}") from exc
 
 
-def _parse_timestamps(raw: pd.Series, path: Path) -> np.ndarray:
-    """The ``timestamp`` column as datetime64[ns], tz-naive (tz-aware -> UTC -> naive)."""
+_OFFSET = r"(?:Z|[+-]\d{2}:?\d{2})$"
+
+
+def _parse_timestamps(raw: pd.Series, path: Path) -> tuple[np.ndarray, str | None]:
+    """The ``timestamp`` column as datetime64[ns], tz-naive (tz-aware -> UTC -> naive), and
+    the file's time zone (None when its timestamps carry none)."""
     dtype = raw.dtype
+    zone: str | None = None
     if isinstance(dtype, pd.DatetimeTZDtype):
+        zone = str(dtype.tz)
         parsed = raw.dt.tz_convert("UTC").dt.tz_localize(None)
     elif dtype.kind == "M":
         parsed = raw
@@ -222,9 +260,12 @@ def _parse_timestamps(raw: pd.Series, path: Path) -> np.ndarray:
             except (ValueError, TypeError):
                 # mixed UTC offsets: pandas asks for utc=True
                 parsed = pd.to_datetime(raw, errors="coerce", utc=True)
-        if isinstance(parsed.dtype, pd.DatetimeTZDtype):
-            parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
         bad = parsed.isna().to_numpy() & raw.notna().to_numpy()
+        if isinstance(parsed.dtype, pd.DatetimeTZDtype) or bad.any():
+            _refuse_mixed_zones(raw, path)
+        if isinstance(parsed.dtype, pd.DatetimeTZDtype):
+            zone = str(parsed.dtype.tz)
+            parsed = parsed.dt.tz_convert("UTC").dt.tz_localize(None)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
             raise DataError(
@@ -236,10 +277,41 @@ def _parse_timestamps(raw: pd.Series, path: Path) -> np.ndarray:
     if missing.any():
         i = int(np.flatnonzero(missing)[0])
         raise DataError(path, f"missing timestamp at {_row(i, path)}")
-    try:
-        return parsed.to_numpy().astype("datetime64[ns]")
-    except (OverflowError, ValueError, pd.errors.OutOfBoundsDatetime) as exc:
-        raise DataError(path, f"timestamp out of range (years 1678-2261): {exc}") from exc
+    return _nanoseconds(parsed.to_numpy(), raw, path), zone
+
+
+def _refuse_mixed_zones(raw: pd.Series, path: Path) -> None:
+    """Refuse text timestamps some of which carry a zone (a UTC offset) and some not."""
+    text = raw.dropna().astype(str).str.strip()
+    has = text.str.contains(_OFFSET, regex=True).to_numpy()
+    if has.any() and not has.all():
+        i = int(np.flatnonzero(~has)[0])
+        j = int(np.flatnonzero(has)[0])
+        raise DataError(
+            path,
+            f"timestamps with and without a time zone in one file: {text.iloc[j]!r} at "
+            f"{_row(j, path)} has a UTC offset, {text.iloc[i]!r} at {_row(i, path)} has "
+            f"none ({int((~has).sum())} without); write every timestamp with its offset, or none",
+        )
+
+
+def _nanoseconds(values: np.ndarray, raw: pd.Series, path: Path) -> np.ndarray:
+    """datetime64 of any unit as datetime64[ns], refusing what that clock cannot hold
+    (numpy's cast would wrap it into another century without a word)."""
+    if values.dtype == np.dtype("datetime64[ns]"):
+        return values
+    outside = (values < FIRST_DAY.astype(values.dtype)) | (
+        values > (LAST_DAY + 1).astype(values.dtype)
+    )
+    if outside.any():
+        i = int(np.flatnonzero(outside)[0])
+        shown = str(raw.iloc[i])  # as written (text), or as pandas shows a date of any unit
+        raise DataError(
+            path,
+            f"timestamp {shown!r} at {_row(i, path)} is outside the dates pandas can hold "
+            f"({FIRST_DAY} to {LAST_DAY}); {int(outside.sum())} such timestamp(s) in all",
+        )
+    return values.astype("datetime64[ns]")
 
 
 def _check_order(ts: np.ndarray, path: Path) -> None:
@@ -315,8 +387,86 @@ def _check_volume(values: np.ndarray, ts: np.ndarray, path: Path) -> None:
         )
 
 
+def _check_ohlc(columns: Mapping[str, np.ndarray], ts: np.ndarray, path: Path) -> None:
+    """Refuse bars whose prices contradict each other (see the module docstring); name the
+    first such row, its values and how many rows are off."""
+    close = columns["close"]
+    open_, high, low = (columns.get(c) for c in ("open", "high", "low"))
+    top = close if open_ is None else np.maximum(open_, close)
+    bottom = close if open_ is None else np.minimum(open_, close)
+    top_name = "close" if open_ is None else "max(open, close)"
+    bottom_name = "close" if open_ is None else "min(open, close)"
+    rules: list[tuple[np.ndarray, Callable[[int], str]]] = []
+    if high is not None:
+        rules.append(
+            (
+                high < top * (1 - OHLC_TOLERANCE),
+                lambda i: f"high {high[i]:g} is below {top_name} {top[i]:g}",
+            )
+        )
+    if low is not None:
+        rules.append(
+            (
+                low > bottom * (1 + OHLC_TOLERANCE),
+                lambda i: f"low {low[i]:g} is above {bottom_name} {bottom[i]:g}",
+            )
+        )
+    if high is not None and low is not None:
+        rules.append(
+            (
+                high < low * (1 - OHLC_TOLERANCE),
+                lambda i: f"high {high[i]:g} is below low {low[i]:g}",
+            )
+        )
+    upper = top if high is None else high
+    lower = bottom if low is None else low
+    rules.append(
+        (
+            upper > lower * MAX_BAR_RANGE,
+            lambda i: (
+                f"the bar spans {upper[i] / lower[i]:.3g}x (high {upper[i]:g}, low "
+                f"{lower[i]:g}), more than {MAX_BAR_RANGE:g}x: a corrupt value"
+            ),
+        )
+    )
+    if len(close) >= 3:
+        up, back = close[1:-1] / close[:-2], close[2:] / close[1:-1]
+        spike = np.zeros(len(close), dtype=bool)
+        spike[1:-1] = ((up > MAX_BAR_RANGE) & (back < 1 / MAX_BAR_RANGE)) | (
+            (up < 1 / MAX_BAR_RANGE) & (back > MAX_BAR_RANGE)
+        )
+        rules.append(
+            (
+                spike,
+                lambda i: (
+                    f"close {close[i]:g} jumps from {close[i - 1]:g} and back to "
+                    f"{close[i + 1]:g} within one bar each: a corrupt value"
+                ),
+            )
+        )
+    bad = np.zeros(len(close), dtype=bool)
+    for mask, _ in rules:
+        bad |= mask
+    if not bad.any():
+        return
+    i = int(np.flatnonzero(bad)[0])
+    why = next(describe(i) for mask, describe in rules if mask[i])
+    raise DataError(
+        path,
+        f"prices contradict each other at {_row(i, path)} ({pd.Timestamp(ts[i])}): {why} "
+        f"({int(bad.sum())} such row(s); tolerance {OHLC_TOLERANCE:.1%})",
+    )
+
+
 def read_bars(path: str | Path) -> pd.DataFrame:
-    """Read and validate one bar file (no row-count rule: that is the universe's).
+    """Read and validate one bar file (no row-count rule: that is the universe's); see
+    :func:`read_bar_file`."""
+    return read_bar_file(path)[0]
+
+
+def read_bar_file(path: str | Path) -> tuple[pd.DataFrame, str | None]:
+    """Read and validate one bar file (no row-count rule: that is the universe's), and say
+    which time zone its timestamps carried (None: none; they are UTC now).
 
     Returns ``timestamp`` (datetime64[ns], tz-naive), the OHLCV columns present, then the
     user's numeric columns in file order, all float64, rows ascending. Non-numeric extra
@@ -335,7 +485,7 @@ def read_bars(path: str | Path) -> pd.DataFrame:
             f"missing required column(s) {', '.join(repr(c) for c in missing)} "
             f"(columns are lower-case; found: {shown})",
         )
-    ts = _parse_timestamps(raw["timestamp"], path)
+    ts, zone = _parse_timestamps(raw["timestamp"], path)
     _check_order(ts, path)
 
     columns: dict[str, np.ndarray] = {"timestamp": ts}
@@ -348,6 +498,7 @@ def read_bars(path: str | Path) -> pd.DataFrame:
         else:
             _check_volume(values, ts, path)
         columns[name] = values
+    _check_ohlc(columns, ts, path)
 
     ignored = []
     for name in raw.columns:
@@ -370,7 +521,7 @@ def read_bars(path: str | Path) -> pd.DataFrame:
         columns[name] = values
     if ignored:
         log.info("%s: ignoring non-numeric column(s) %s", path, ", ".join(map(repr, ignored)))
-    return pd.DataFrame(columns)  # consolidated: one float64 block, fast column subsets
+    return pd.DataFrame(columns), zone  # consolidated: one float64 block, fast subsets
 
 
 # --------------------------------------------------------------------------- universe
@@ -389,8 +540,9 @@ def load_universe(data_dir: str | Path, settings: Settings | None = None) -> Uni
     kept: list[SymbolFile] = []
     skipped: list[Skipped] = []
     short_rows: list[str] = []
+    zones: dict[str, str | None] = {}
     for sf in files:
-        frame = read_bars(sf.path)
+        frame, zones[sf.symbol] = read_bar_file(sf.path)
         if len(frame) < settings.min_rows:
             reason = f"{sf.symbol}: {len(frame)} rows, fewer than min_rows={settings.min_rows}"
             log.warning("%s: skipped (%s)", sf.path, reason)
@@ -404,13 +556,17 @@ def load_universe(data_dir: str | Path, settings: Settings | None = None) -> Uni
         raise DataError(
             folder, f"no symbol has at least min_rows={settings.min_rows} rows: {counts}"
         )
+    notes = check_clocks([(sf.path, bars[sf.symbol]["timestamp"], zones[sf.symbol]) for sf in kept])
     universe = Universe(
         symbols=tuple(sf.symbol for sf in kept),
         files=tuple(kept),
         bars=MappingProxyType(bars),
         skipped=tuple(skipped),
         data_dir=folder,
+        notes=notes,
     )
+    for note in notes:
+        log.warning("%s: %s", folder, note)
     log.info(
         "%s: loaded %d symbol(s), skipped %d; batch %s",
         folder,
@@ -419,6 +575,71 @@ def load_universe(data_dir: str | Path, settings: Settings | None = None) -> Uni
         universe.batch,
     )
     return universe
+
+
+def check_clocks(
+    files: Sequence[tuple[Path, pd.Series | np.ndarray, str | None]],
+) -> tuple[str, ...]:
+    """Refuse a universe whose files are not on one clock; return notes for the user.
+
+    ``files``: each file's path, its (UTC, naive) timestamps and the zone it carried
+    (:func:`read_bar_file`). Files with and without zones are refused, naming the odd one
+    out; a file whose timestamps coincide with the others' less often than
+    :data:`MIN_SHARED_TIMESTAMPS` where their spans overlap is refused (another time zone or
+    bar time). Zoned files give one note: they were converted to UTC.
+    """
+    zoned = [(p, z) for p, _, z in files if z is not None]
+    naive = [p for p, _, z in files if z is None]
+    if zoned and naive:
+        if len(zoned) <= len(naive):
+            odd, zone = zoned[0]
+            raise DataError(
+                odd,
+                f"timestamps carry a time zone ({zone}) but {len(naive)} other file(s) "
+                f"({_short_list(p.name for p in naive)}) have none; a time without a zone "
+                "cannot be put on the same clock: write every file's timestamps with their "
+                "zone (they are converted to UTC), or every file's without",
+            )
+        raise DataError(
+            naive[0],
+            f"timestamps have no time zone but {len(zoned)} other file(s) "
+            f"({_short_list(f'{p.name} ({z})' for p, z in zoned)}) carry one; a time without "
+            "a zone cannot be put on the same clock: write every file's timestamps with their "
+            "zone (they are converted to UTC), or every file's without",
+        )
+    _check_shared_timestamps([(p, np.asarray(ts, dtype="datetime64[ns]")) for p, ts, _ in files])
+    if not zoned:
+        return ()
+    shown = _short_list(sorted({z for _, z in zoned}))
+    return (f"timestamps of {len(zoned)} file(s) with time zones ({shown}) converted to UTC",)
+
+
+def _check_shared_timestamps(files: Sequence[tuple[Path, np.ndarray]]) -> None:
+    if len(files) < 2:
+        return
+    every = np.concatenate([ts for _, ts in files])
+    stamps, counts = np.unique(every, return_counts=True)  # a file holds each stamp once
+    firsts = np.array([ts[0] for _, ts in files])
+    lasts = np.array([ts[-1] for _, ts in files])
+    for k, (path, ts) in enumerate(files):
+        others = np.arange(len(files)) != k
+        lo, hi = max(ts[0], firsts[others].min()), min(ts[-1], lasts[others].max())
+        inside = ts[(ts >= lo) & (ts <= hi)]
+        if len(inside) < _MIN_OVERLAP:
+            continue
+        shared = counts[np.searchsorted(stamps, inside)] >= 2
+        if shared.mean() >= MIN_SHARED_TIMESTAMPS:
+            continue
+        other = np.concatenate([t for j, (_, t) in enumerate(files) if j != k])
+        theirs = pd.Timestamp(other[(other >= lo) & (other <= hi)].min())
+        raise DataError(
+            path,
+            f"only {int(shared.sum())} of its {len(inside)} timestamps between "
+            f"{pd.Timestamp(lo)} and {pd.Timestamp(hi)} coincide with another file's (the "
+            f"first is {pd.Timestamp(inside[0])} here, {theirs} in the others): the files are "
+            "on different clocks (time zones or bar times) and would share no cross-section; "
+            "write every file's timestamps on one clock",
+        )
 
 
 def _short_list(items: Iterable[str]) -> str:

@@ -397,10 +397,11 @@ def _collision(name: str) -> str | None:
     return None
 
 
-def _panel_user_columns(universe: Universe) -> tuple[str, ...]:
-    """The union of the user columns (first-appearance order over sorted symbols), after
-    refusing any that collides with a standard feature or target name."""
-    seen: dict[str, list[str]] = {}
+def check_user_columns(universe: Universe) -> None:
+    """Refuse a user column whose name is a standard feature's, a target's
+    (``fwd_ret_{h}``), a label end's (``label_end_{h}``) or the panel's ``symbol``: the
+    first such column names its file. Cheap (column names only): run before anything is
+    written, and again by :func:`build_panel`."""
     for symbol in universe.symbols:
         for name in user_columns(universe.bars[symbol]):
             kind = _collision(name)
@@ -409,6 +410,15 @@ def _panel_user_columns(universe: Universe) -> tuple[str, ...]:
                     universe.path_of(symbol),
                     f"user column {name!r} collides with {kind}; rename the column",
                 )
+
+
+def _panel_user_columns(universe: Universe) -> tuple[str, ...]:
+    """The union of the user columns (first-appearance order over sorted symbols), after
+    refusing any that collides with a standard feature or target name."""
+    check_user_columns(universe)
+    seen: dict[str, list[str]] = {}
+    for symbol in universe.symbols:
+        for name in user_columns(universe.bars[symbol]):
             seen.setdefault(name, []).append(symbol)
     partial = {n: syms for n, syms in seen.items() if len(syms) < len(universe.symbols)}
     for name, syms in partial.items():

@@ -176,3 +176,32 @@ def exclusive_lock(lock_path: Any) -> Iterator[None]:
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+@contextlib.contextmanager
+def lock_if_free(lock_path: Any) -> Iterator[bool]:
+    """Hold the exclusive lock on ``lock_path`` if no one holds it now: yields True while
+    held, or False at once (someone is writing; nothing is held). For housekeeping that
+    must never wait for, nor race, a live writer. Object storage: always False."""
+    if not is_local(lock_path):
+        yield False
+        return
+    path = local_path(lock_path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError:  # a read-only root: nothing to sweep there either
+        yield False
+        return
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

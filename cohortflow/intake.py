@@ -5,21 +5,44 @@ take in a data folder, register its batch, decide which attempt to run
 from __future__ import annotations
 
 import hashlib
+import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+import numpy as np
+
 from cohortflow.attempts import AttemptInputs, AttemptState, Decision, attempt_states, decide
-from cohortflow.bars import SymbolFile, Universe, load_universe, read_bars
+from cohortflow.bars import SymbolFile, Universe, check_clocks, load_universe, read_bar_file
 from cohortflow.canonical import fingerprint, sha256_file
 from cohortflow.domain import Stage, View
-from cohortflow.errors import ArtifactNotFoundError, DataError
-from cohortflow.layout import Scope, data_file
+from cohortflow.errors import ArtifactNotFoundError, DataError, SettingsError
+from cohortflow.features import check_user_columns, feature_specs, warmup_bars
+from cohortflow.fsio import lock_if_free, remove_stale_tmp
+from cohortflow.layout import (
+    Scope,
+    data_file,
+    lock_path,
+    registry_dir,
+    report_path,
+    sorted_attempts,
+    work_dir,
+)
 from cohortflow.registry import AttemptRecord, BatchFile, BatchRecord, BatchRegistry
 from cohortflow.settings import Settings
 from cohortflow.version import code_version
+
+logger = logging.getLogger(__name__)
+
+#: the held-out test period must hold at least this many dates (and the horizon): fewer
+#: say nothing about a model
+MIN_TEST_DATES = 10
+#: the stack's walk-forward validation trains first on this share of the OOF dates
+#: (cohortflow.stacking: WalkForward's default min_train_fraction)
+_STACK_FIRST_TRAIN = 0.3
 
 
 def folder_signature(data_dir: str | Path) -> str:
@@ -68,14 +91,110 @@ class Intake:
         return self.previous is None
 
 
-def take_in(data_dir: str | Path, root: Any, settings: Settings) -> Intake:
-    """Load and validate the folder's universe and register its batch (raises DataError
-    before anything is written)."""
+def take_in(
+    data_dir: str | Path, root: Any, settings: Settings, *, source: str = "settings"
+) -> Intake:
+    """Load and validate the folder's universe and register its batch. Every check that
+    can run before the graph runs here, before anything is written: the bar files
+    (:func:`cohortflow.bars.load_universe`), user-column names (:func:`check_universe`)
+    and the settings' bounds on this data; DataError or SettingsError (``source`` names
+    the settings in its lines) otherwise."""
     universe = load_universe(data_dir, settings)
+    check_universe(universe, settings, source)
+    sweep_debris(root, universe.batch)
     registry = BatchRegistry(root)
     previous = next((r for r in registry.list() if r.batch == universe.batch), None)
     record = registry.register(batch_record(universe, settings))
     return Intake(universe, record, previous)
+
+
+def sweep_debris(root: Any, batch: str) -> list[Path]:
+    """Delete the temporary files killed writes left in the registry and in the batch's
+    working data and reports (issue 21: a killed write's 10 MB ``.tmp-bars.parquet.*`` in
+    a sealed attempt's ``_work/`` was never cleaned, as nothing writes there again). Each
+    folder only while no writer holds its lock. Attempt folders under ``targets/`` are
+    swept by their next writer (:meth:`cohortflow.store.Store.write_attempt_files`); a
+    sealed one is never written again, and nothing is written into it after its seal."""
+    removed: list[Path] = []
+    with lock_if_free(lock_path(root, "registry")) as free:
+        if free:
+            removed += remove_stale_tmp(registry_dir(root))
+    work = work_dir(root, batch, 0).parent
+    reports = report_path(root, batch, 0, "any").parent.parent
+    for n in sorted(set(sorted_attempts(work)) | set(sorted_attempts(reports))):
+        with lock_if_free(lock_path(root, f"work-{batch}-{n}")) as free:
+            if free:
+                removed += remove_stale_tmp(work_dir(root, batch, n), recursive=True)
+                removed += remove_stale_tmp(report_path(root, batch, n, "any").parent)
+    if removed:
+        logger.info("swept %d temporary file(s) of killed writes: %s", len(removed), removed)
+    return removed
+
+
+def check_universe(universe: Universe, settings: Settings, source: str = "settings") -> None:
+    """The checks of a universe with these settings that need no tree: user-column names
+    that clash with standard features, targets, label ends or ``symbol``
+    (:func:`cohortflow.features.check_user_columns`), and :func:`check_room`."""
+    check_user_columns(universe)
+    check_room(universe, settings, source)
+
+
+def _labelled_dates(universe: Universe, settings: Settings, horizon: int) -> int:
+    """Dates of the panel with a ``fwd_ret_{horizon}`` label: each symbol's bars after the
+    features' warm-up, less its last ``horizon`` bars, united over symbols."""
+    frames = list(universe.bars.values())
+    common = set.intersection(*(set(f.columns) for f in frames)) if frames else set()
+    warmup = warmup_bars(feature_specs(common, settings))  # as build_panel drops it
+    spans = [
+        frame["timestamp"].to_numpy()[warmup : len(frame) - horizon]
+        for frame in universe.bars.values()
+    ]
+    return len(np.unique(np.concatenate(spans))) if spans else 0
+
+
+def check_room(universe: Universe, settings: Settings, source: str = "settings") -> None:
+    """Refuse settings the data has no room for, before anything runs (issue 21: with
+    ``n_splits: 1000`` a run went on for minutes). For every horizon ``h`` (embargo ``e``):
+    the held-out test period (``test_fraction`` of the labelled dates) holds at least
+    ``max(MIN_TEST_DATES, h)`` dates; the training window before it (less ``h + e`` dates
+    of gap) gives every one of ``n_splits`` purged folds at least ``h + e`` dates, and the
+    stack's walk-forward validation ``n_splits`` test dates after its first training share
+    and gap. One line per problem: ``{source}: {key}: ...``."""
+    problems = []
+    for h in settings.horizons:
+        e = settings.embargo_for(h)
+        dates = _labelled_dates(universe, settings, h)
+        n_test = max(1, round(settings.test_fraction * dates))
+        train = dates - n_test - (h + e)
+        where = (
+            f"fwd_ret_{h}: {dates} labelled dates in {universe.data_dir}, {n_test} held out, "
+            f"{max(train, 0)} to train on"
+        )
+        if train < 2 * (h + e):
+            key = "embargo" if settings.embargo is not None and settings.embargo > h else "horizons"
+            problems.append(
+                f"{source}: {key}: horizon {h} with embargo {e} leaves too few dates to train "
+                f"on: two folds need {2 * (h + e)} ({where}); use a shorter horizon"
+                + (" or embargo" if key == "embargo" else "")
+                + ", or more dates"
+            )
+            continue
+        if n_test < max(MIN_TEST_DATES, h):
+            problems.append(
+                f"{source}: test_fraction: {settings.test_fraction:g} holds out {n_test} "
+                f"date(s), fewer than {max(MIN_TEST_DATES, h)} ({where}); raise it, or add "
+                "dates"
+            )
+            continue
+        stack_room = train - math.ceil(_STACK_FIRST_TRAIN * train) - e
+        most = min(train // (h + e), stack_room)
+        if settings.n_splits > most:
+            problems.append(
+                f"{source}: n_splits: {settings.n_splits} folds do not fit: each needs at "
+                f"least h + embargo = {h + e} dates ({where}); use n_splits <= {most}"
+            )
+    if problems:
+        raise SettingsError("\n".join(problems), problems=tuple(problems))
 
 
 def leaks_found(root: Any, batch: str, attempt: int, targets: tuple[str, ...]) -> bool:
@@ -127,13 +246,17 @@ def record_decision(root: Any, batch: str, decision: Decision) -> None:
         BatchRegistry(root).add_attempt(batch, decision.record)
 
 
-def load_files(data_dir: str | Path, files: tuple[BatchFile, ...], owner: str) -> Universe:
+def load_files(
+    data_dir: str | Path, files: tuple[BatchFile, ...], owner: str, registry_file: Any = None
+) -> Universe:
     """The universe of exactly ``files`` (of ``owner``, "batch B attempt N", for errors),
     read from ``data_dir``. The folder may hold more files (another universe); each of
-    these must be there with the content recorded for it.
+    these must be there with the content recorded for it, else one DataError says which
+    files differ and how (``registry_file``, the record's file, tells a file changed since
+    it was recorded from a record written since by another run with other files).
     """
     folder = Path(data_dir)
-    bars, found = {}, []
+    found, differ = [], []
     for f in files:
         path = data_file(folder, f.name)
         if not path.is_file():
@@ -144,20 +267,56 @@ def load_files(data_dir: str | Path, files: tuple[BatchFile, ...], owner: str) -
             )
         digest = sha256_file(path)
         if digest != f.sha256:
-            raise DataError(
-                path,
-                f"changed since {owner} was recorded (sha256 {digest[:12]} != "
-                f"{f.sha256[:12]}); changed files make a new attempt: run `cohortflow run` "
-                "or let the data sensor see the folder",
-            )
-        bars[f.symbol] = read_bars(path)
+            differ.append((path, f, digest))
         found.append(SymbolFile(f.symbol, path, f.sha256, f.size))
+    if differ:
+        raise _files_differ(folder, owner, differ, registry_file)
+    bars, zones = {}, {}
+    for f in found:
+        bars[f.symbol], zones[f.symbol] = read_bar_file(f.path)
+    notes = check_clocks([(f.path, bars[f.symbol]["timestamp"], zones[f.symbol]) for f in found])
     return Universe(
         symbols=tuple(sorted(f.symbol for f in files)),
         files=tuple(found),
         bars=MappingProxyType(bars),
         skipped=(),
         data_dir=folder,
+        notes=notes,
+    )
+
+
+def _mtime(path: Any) -> float | None:
+    try:
+        return os.stat(path).st_mtime
+    except (OSError, TypeError):
+        return None
+
+
+def _files_differ(
+    folder: Path, owner: str, differ: list[tuple[Path, BatchFile, str]], registry_file: Any
+) -> DataError:
+    """Which files differ from the record, and the likelier reason: the file changed after
+    the record was written, or the record was written after the file last changed (by
+    another run of other files for the same symbols: the record moved, not the file)."""
+    shown = "; ".join(
+        f"{path.name}: {digest[:12]} here, {f.sha256[:12]} recorded ({f.size} bytes)"
+        for path, f, digest in differ[:5]
+    ) + (f" and {len(differ) - 5} more" if len(differ) > 5 else "")
+    recorded = _mtime(registry_file) if registry_file is not None else None
+    newest = max((_mtime(path) or 0.0) for path, _, _ in differ)
+    if recorded is not None and newest < recorded:
+        return DataError(
+            folder,
+            f"{owner} is now recorded with other files than this folder's ({shown}); these "
+            "files did not change since, so another run recorded the same symbols from "
+            "other files in this output root meanwhile. Runs of different data for the same "
+            "symbols must go one after another (or into different output roots): run "
+            "`cohortflow run` again when the other run is done",
+        )
+    return DataError(
+        folder,
+        f"{len(differ)} file(s) changed since {owner} was recorded ({shown}); changed "
+        "files make a new attempt: run `cohortflow run` or let the data sensor see the folder",
     )
 
 
@@ -171,6 +330,8 @@ __all__ = [
     "attempt_scope",
     "batch_files",
     "batch_record",
+    "check_room",
+    "check_universe",
     "folder_signature",
     "inputs_of",
     "leaks_found",
@@ -179,6 +340,7 @@ __all__ = [
     "plan_after",
     "plan_attempt",
     "record_decision",
+    "sweep_debris",
     "take_in",
 ]
 
@@ -218,7 +380,8 @@ def prepare_attempt(
                 f"(`cohortflow run`, or materialize partition {batch}|{latest.attempt}) "
                 f"before starting attempt {attempt}"
             )
-        universe = load_files(data_dir, record.files, f"batch {batch}")
+        universe = load_files(data_dir, record.files, f"batch {batch}", registry.path(batch))
+        check_universe(universe, settings)
         inputs = inputs_of(batch_files(universe), settings)
         diff = changes(latest, inputs) if latest is not None else []
         reason = diff[0] if diff else AttemptReason.REQUESTED
@@ -226,7 +389,10 @@ def prepare_attempt(
             batch, inputs.record(attempt, reason, [d.value for d in diff])
         ).attempt(attempt)
         return universe, own
-    universe = load_files(data_dir, own.files, f"batch {batch} attempt {attempt}")
+    universe = load_files(
+        data_dir, own.files, f"batch {batch} attempt {attempt}", registry.path(batch)
+    )
+    check_universe(universe, settings)
     inputs = inputs_of(own.files, settings)
     if changes(own, inputs):
         if Store(root).attempt_sealed(batch, attempt, settings.targets):
