@@ -109,25 +109,36 @@ def _index(root: str):
     return index
 
 
-def _reasons(root: str) -> dict[tuple[str, int], str]:
-    """(batch, attempt) -> why the attempt exists (the batch registry)."""
+def _attempts(root: str) -> list[tuple[str, Any]]:
+    """(batch, attempt record) of every recorded attempt (the batch registry)."""
     from cohortflow.registry import BatchRegistry
 
     try:
-        return {
-            (r.batch, a.attempt): a.reason.value
-            for r in BatchRegistry(root).list()
-            for a in r.attempts
-        }
+        return [(r.batch, a) for r in BatchRegistry(root).list() for a in r.attempts]
     except CohortflowError as exc:
         _say(f"the batch registry could not be read: {exc}")
-        return {}
+        return []
+
+
+def _heal(index: Any, attempts: list[tuple[str, Any]]) -> None:
+    """Index what a killed run sealed but did not index yet, for each batch's latest
+    attempt (earlier ones are history: the run that moved past them healed them)."""
+    latest: dict[str, Any] = {}
+    for batch, a in attempts:
+        if batch not in latest or a.attempt > latest[batch].attempt:
+            latest[batch] = a
+    for batch, a in latest.items():
+        horizons = a.settings.get("horizons") or ()
+        index.heal(batch, a.attempt, [f"fwd_ret_{h}" for h in horizons])
 
 
 def cmd_cohorts_list(args: argparse.Namespace) -> int:
     if "://" not in args.root and not Path(args.root).is_dir():
         raise CohortflowError(f"{args.root}: no such output root")
-    records = _index(args.root).list(
+    attempts = _attempts(args.root)
+    index = _index(args.root)
+    _heal(index, attempts)
+    records = index.list(
         target=args.target,
         stage=args.stage,
         view=args.view,
@@ -135,7 +146,7 @@ def cmd_cohorts_list(args: argparse.Namespace) -> int:
         attempt=args.attempt,
         check_disk=True,
     )
-    reasons = _reasons(args.root)
+    reasons = {(batch, a.attempt): a.reason.value for batch, a in attempts}
     rows = [
         {
             **r.to_dict(),

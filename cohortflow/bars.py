@@ -630,13 +630,15 @@ def _check_shared_timestamps(files: Sequence[tuple[Path, np.ndarray]]) -> None:
         shared = counts[np.searchsorted(stamps, inside)] >= 2
         if shared.mean() >= MIN_SHARED_TIMESTAMPS:
             continue
-        other = np.concatenate([t for j, (_, t) in enumerate(files) if j != k])
-        theirs = pd.Timestamp(other[(other >= lo) & (other <= hi)].min())
+        other = np.sort(np.concatenate([t for j, (_, t) in enumerate(files) if j != k]))
+        at = np.searchsorted(other, inside[0])
+        near = other[max(at - 1, 0) : at + 1]  # the others' stamps either side of ours
+        theirs = pd.Timestamp(near[np.argmin(np.abs(near - inside[0]))])
         raise DataError(
             path,
             f"only {int(shared.sum())} of its {len(inside)} timestamps between "
             f"{pd.Timestamp(lo)} and {pd.Timestamp(hi)} coincide with another file's (the "
-            f"first is {pd.Timestamp(inside[0])} here, {theirs} in the others): the files are "
+            f"first is {pd.Timestamp(inside[0])} here, the nearest {theirs} in the others): the files are "
             "on different clocks (time zones or bar times) and would share no cross-section; "
             "write every file's timestamps on one clock",
         )

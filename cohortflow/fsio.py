@@ -65,6 +65,7 @@ def atomic_write_many(items: Sequence[tuple[Any, bytes]]) -> None:
             upath.parent.mkdir(parents=True, exist_ok=True)
             upath.write_bytes(data)
     staged: list[tuple[Path, Path]] = []
+    target = None
     try:
         for path, data in local:
             target = local_path(path)
@@ -79,10 +80,14 @@ def atomic_write_many(items: Sequence[tuple[Any, bytes]]) -> None:
             tmp, target = staged[0]
             os.replace(tmp, target)
             staged.pop(0)
-    except BaseException:
+    except BaseException as exc:
         for tmp, _ in staged:
             with contextlib.suppress(FileNotFoundError):
                 tmp.unlink()
+        if isinstance(exc, OSError) and exc.errno is not None and target is not None:
+            # name the file being written, not its temporary sibling (which is gone); the
+            # same error otherwise, so nothing is lost by leaving the original out
+            raise OSError(exc.errno, exc.strerror, str(target)) from None
         raise
     for folder in dict.fromkeys(local_path(p).parent for p, _ in local):
         fsync_dir(folder)

@@ -87,7 +87,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 T = TypeVar("T")
 
 # what SQLite says of a file that is not (or no longer) a database it can read
-_CORRUPT = ("not a database", "malformed", "encrypted", "unsupported file format")
+# (or of another schema: a column this one reads is missing)
+_CORRUPT = ("not a database", "malformed", "encrypted", "unsupported file format", "no such column")
 
 
 class IndexUnusable(StoreError):
@@ -193,7 +194,10 @@ class _Sqlite:
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'cohorts'"
         ).fetchone()
         if exists:
-            row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            try:
+                row = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+            except sqlite3.OperationalError as exc:  # a cohorts table but no meta: not ours
+                raise IndexUnusable(f"no schema version: {exc}") from exc
             if row is None or str(row[0]) != str(SCHEMA_VERSION):
                 raise IndexUnusable(f"schema {row[0] if row else '?'}, expected {SCHEMA_VERSION}")
             return
@@ -555,6 +559,41 @@ class CohortIndex:
             logger.info("cohort index %s: %d stale rows dropped", self.path, len(gone))
             self._guarded(lambda: self._backend.delete_rows([(r.cohort_id, r.path) for r in gone]))
         return kept
+
+    def heal(self, batch: str, attempt: int, targets: Iterable[str]) -> int:
+        """Index the sealed cohorts of one attempt that the index does not list as complete
+        (a process killed between sealing a folder and indexing it; a stale index), by
+        walking that attempt's folders. One query and no walk while the index lists a
+        complete cross-sectional cohort for every stage of every one of ``targets`` (the
+        stage's symbol views are indexed with it). Returns how many cohorts it indexed."""
+        from cohortflow.layout import CROSS_SECTIONAL, attempt_scopes, folder_state
+
+        names = builtins.list(targets)
+        filters = {"batch": batch, "attempt": int(attempt), "view": CROSS_SECTIONAL}
+        listed = self._guarded(lambda: self._backend.records(filters, False))
+        if {(t, s) for t in names for s in STAGES} <= {(r.target, r.stage) for r in listed}:
+            return 0
+        found = []
+        for scope in attempt_scopes(self.root, batch, names):
+            folder = scope.attempt_dir(self.root)
+            if scope.attempt != int(attempt) or not folder_state(folder)[0]:
+                continue
+            for child in sorted(folder.iterdir(), key=lambda p: p.name):
+                if child.name.startswith("cohort=") and child.is_dir():
+                    cohort = scope.cohort_dir(self.root, child.name.removeprefix("cohort="))
+                    record = parse_cohort_path(self.root, cohort)
+                    if record is not None and record.complete:
+                        found.append(record)
+        if found:
+            logger.info(
+                "cohort index %s: %d sealed cohorts of batch %s attempt %d indexed",
+                self.path,
+                len(found),
+                batch,
+                attempt,
+            )
+            self.add_many(found)
+        return len(found)
 
     def rebuild(self) -> int:
         """Replace the contents with a walk of the tree (complete cohorts); returns the count.

@@ -104,6 +104,8 @@ def take_in(
     sweep_debris(root, universe.batch)
     registry = BatchRegistry(root)
     previous = next((r for r in registry.list() if r.batch == universe.batch), None)
+    if previous is not None:
+        heal_index(root, previous)
     record = registry.register(batch_record(universe, settings))
     return Intake(universe, record, previous)
 
@@ -129,6 +131,19 @@ def sweep_debris(root: Any, batch: str) -> list[Path]:
     if removed:
         logger.info("swept %d temporary file(s) of killed writes: %s", len(removed), removed)
     return removed
+
+
+def heal_index(root: Any, record: BatchRecord) -> None:
+    """Index what killed runs of this batch sealed but did not index
+    (:meth:`cohortflow.index.CohortIndex.heal`; one query per attempt when nothing is
+    missing)."""
+    from cohortflow.index import CohortIndex
+
+    index = CohortIndex(root)
+    for a in record.attempts:
+        index.heal(
+            record.batch, a.attempt, [f"fwd_ret_{h}" for h in a.settings.get("horizons", ())]
+        )
 
 
 def check_universe(universe: Universe, settings: Settings, source: str = "settings") -> None:
@@ -332,6 +347,7 @@ __all__ = [
     "batch_record",
     "check_room",
     "check_universe",
+    "heal_index",
     "folder_signature",
     "inputs_of",
     "leaks_found",
