@@ -44,6 +44,8 @@ IN_MEMORY_HOME = (
 )
 NOT_ARTIFACTS = ("_index", "_locks")
 SYMBOLS = ("AAA", "BBB", "CCC")
+# tests on a complete root pay for the run that makes it (~20 s, once per module)
+needs_a_run = pytest.mark.slow
 RUN_SECONDS: dict[str, float] = {}  # wall seconds of the in-process rerun (kill points)
 N_BARS = 300
 
@@ -175,17 +177,33 @@ def home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory, home: Path) -> dict[str, Path]:
-    """Data folders d1 and d2 (the same symbols, other bars), the settings, and a root
-    complete after one run of d1."""
-    base = tmp_path_factory.mktemp("world")
-    d1 = write_data(base / "d1", bars(1))
-    d2 = write_data(base / "d2", bars(2))
-    settings = settings_file(base)
-    root = base / "root"
-    code = main(["run", "--data", str(d1), "--out", str(root), "--settings", str(settings)])
+def inputs(tmp_path_factory: pytest.TempPathFactory, home: Path) -> dict[str, Path]:
+    """Data folders d1 and d2 (the same symbols, other bars) and the settings."""
+    base = tmp_path_factory.mktemp("inputs")
+    return {
+        "d1": write_data(base / "d1", bars(1)),
+        "d2": write_data(base / "d2", bars(2)),
+        "settings": settings_file(base),
+    }
+
+
+@pytest.fixture(scope="module")
+def world(inputs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The inputs, and a root complete after one run of d1 (one attempt, ~20 s)."""
+    root = tmp_path_factory.mktemp("world") / "root"
+    code = main(
+        [
+            "run",
+            "--data",
+            str(inputs["d1"]),
+            "--out",
+            str(root),
+            "--settings",
+            str(inputs["settings"]),
+        ]
+    )
     assert code == 0
-    return {"base": base, "d1": d1, "d2": d2, "settings": settings, "root": root}
+    return {**inputs, "root": root}
 
 
 @pytest.fixture(scope="module")
@@ -261,6 +279,7 @@ DAMAGE = {
 }
 
 
+@needs_a_run
 @pytest.mark.parametrize("damage", sorted(DAMAGE))
 def test_1_a_damaged_index_never_costs_a_marker(
     root: Path, damage: str, capsys: pytest.CaptureFixture, world: dict[str, Path]
@@ -291,6 +310,7 @@ def test_1_a_damaged_index_never_costs_a_marker(
         assert list(index.parent.glob("cohorts.sqlite.corrupt-*")), "kept aside for a look"
 
 
+@needs_a_run
 def test_1_reindex_with_the_index_deleted_finds_every_cohort(
     root: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -302,6 +322,7 @@ def test_1_reindex_with_the_index_deleted_finds_every_cohort(
 
 
 # =========================================================================== 2 index vs disk
+@needs_a_run
 def test_2_rows_the_disk_contradicts_are_not_listed(root: Path, capsys) -> None:
     """The index says complete; the disk says one folder is being written again and
     another cohort is gone: `cohorts list` shows what the disk holds."""
@@ -319,6 +340,7 @@ def test_2_rows_the_disk_contradicts_are_not_listed(root: Path, capsys) -> None:
     assert len(after) == len(rows) - 2
 
 
+@needs_a_run
 def test_2_sealed_but_not_indexed_cohorts_are_listed(root: Path, capsys) -> None:
     """A process killed between sealing a folder and indexing it: the listing (and the
     next run) index what is sealed."""
@@ -331,6 +353,7 @@ def test_2_sealed_but_not_indexed_cohorts_are_listed(root: Path, capsys) -> None
     assert listing(root, capsys) == rows
 
 
+@needs_a_run
 def test_2_rerun_with_other_files_is_a_new_attempt_and_history_stays_true(
     world: dict[str, Path], other_files_root: Path, capsys: pytest.CaptureFixture
 ) -> None:
@@ -432,7 +455,7 @@ def _parquet_with_times(path: Path, frame: pd.DataFrame, stamps: list) -> None:
 
 @pytest.mark.parametrize("year", [1500, 1677, 2262, 2300])
 def test_3_dates_outside_pandas_clock_are_refused_not_wrapped(
-    tmp_path: Path, year: int, world: dict[str, Path]
+    tmp_path: Path, year: int, inputs: dict[str, Path]
 ) -> None:
     import datetime as dt
 
@@ -446,7 +469,7 @@ def test_3_dates_outside_pandas_clock_are_refused_not_wrapped(
     _parquet_with_times(data / "AAA.parquet", frames["AAA"], stamps)
     out = tmp_path / "out"
     with pytest.raises(DataError, match="is outside the dates pandas can hold") as err:
-        take_in(data, out, load_settings(world["settings"]))
+        take_in(data, out, load_settings(inputs["settings"]))
     assert err.value.path == str(data / "AAA.parquet")
     assert not out.exists()
 
@@ -463,7 +486,7 @@ def test_3_the_last_days_of_the_clock_are_kept(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("aware", [["BBB"], ["AAA", "BBB"]])
 def test_3_files_with_and_without_zones_are_refused_naming_the_odd_one(
-    tmp_path: Path, aware: list[str], world: dict[str, Path]
+    tmp_path: Path, aware: list[str], inputs: dict[str, Path]
 ) -> None:
     """Issue 21.3: one tz-aware file among naive ones split the cross-section (3,210 dates
     with one symbol) and every check passed."""
@@ -473,7 +496,7 @@ def test_3_files_with_and_without_zones_are_refused_naming_the_odd_one(
     data = write_data(tmp_path / "data", frames)
     odd = "BBB" if aware == ["BBB"] else "CCC"  # the minority: zoned BBB, or naive CCC
     with pytest.raises(DataError) as err:
-        take_in(data, tmp_path / "out", load_settings(world["settings"]))
+        take_in(data, tmp_path / "out", load_settings(inputs["settings"]))
     assert err.value.path == str(data / f"{odd}.parquet")
     assert ("carry a time zone (America/New_York)" if odd == "BBB" else "have no time zone") in str(
         err.value
@@ -482,7 +505,7 @@ def test_3_files_with_and_without_zones_are_refused_naming_the_odd_one(
 
 
 def test_3_zoned_files_are_converted_to_utc_and_the_user_is_told(
-    tmp_path: Path, world: dict[str, Path]
+    tmp_path: Path, inputs: dict[str, Path]
 ) -> None:
     frames = bars(1)
     for symbol in SYMBOLS:  # the same instants, written in three zones
@@ -490,7 +513,7 @@ def test_3_zoned_files_are_converted_to_utc_and_the_user_is_told(
         zone = {"AAA": "UTC", "BBB": "Asia/Tokyo", "CCC": "America/New_York"}[symbol]
         frames[symbol]["timestamp"] = utc.dt.tz_convert(zone)
     data = write_data(tmp_path / "data", frames)
-    intake = take_in(data, tmp_path / "out", load_settings(world["settings"]))
+    intake = take_in(data, tmp_path / "out", load_settings(inputs["settings"]))
     assert intake.universe.notes == (
         "timestamps of 3 file(s) with time zones (America/New_York, Asia/Tokyo, UTC) "
         "converted to UTC",
@@ -500,7 +523,7 @@ def test_3_zoned_files_are_converted_to_utc_and_the_user_is_told(
     assert stamps["AAA"].iloc[0] == pd.Timestamp("2015-01-02")
 
 
-def test_3_files_on_different_clocks_are_refused(tmp_path: Path, world: dict[str, Path]) -> None:
+def test_3_files_on_different_clocks_are_refused(tmp_path: Path, inputs: dict[str, Path]) -> None:
     """Daily bars stamped at local midnight in two zones: both carry their zone, both
     become UTC, and never meet (05:00 against 00:00): refused, not split."""
     frames = bars(1)
@@ -509,7 +532,7 @@ def test_3_files_on_different_clocks_are_refused(tmp_path: Path, world: dict[str
     frames["CCC"]["timestamp"] = frames["CCC"]["timestamp"].dt.tz_localize("America/New_York")
     data = write_data(tmp_path / "data", frames)
     with pytest.raises(DataError, match=r"only 0 of its \d+ timestamps .* different clocks") as err:
-        take_in(data, tmp_path / "out", load_settings(world["settings"]))
+        take_in(data, tmp_path / "out", load_settings(inputs["settings"]))
     assert err.value.path == str(data / "CCC.parquet")
     assert "05:00:00 here, the nearest 2015-01-02 00:00:00 in the others" in str(err.value)
 
@@ -549,7 +572,7 @@ def test_3_staggered_histories_and_holidays_still_load(tmp_path: Path) -> None:
     ],
     ids=["bit-flipped high (49x close)", "high below close", "low above open", "close 30x"],
 )
-def test_3_contradicting_prices_are_refused(tmp_path: Path, edit, words: str, world) -> None:
+def test_3_contradicting_prices_are_refused(tmp_path: Path, edit, words: str, inputs) -> None:
     """Issue 21.3: a bit-flipped parquet with high 3,683 against close 75 was accepted."""
     frames = bars(1)
     edit(frames["CCC"])
@@ -557,7 +580,7 @@ def test_3_contradicting_prices_are_refused(tmp_path: Path, edit, words: str, wo
     with pytest.raises(
         DataError, match=f"prices contradict each other at row 151 .*{words}"
     ) as err:
-        take_in(data, tmp_path / "out", load_settings(world["settings"]))
+        take_in(data, tmp_path / "out", load_settings(inputs["settings"]))
     assert err.value.path == str(data / "CCC.parquet")
 
 
@@ -595,7 +618,7 @@ ISSUE_SETTINGS = {
 
 @pytest.mark.parametrize("case", sorted(ISSUE_SETTINGS))
 def test_4_bad_settings_stop_in_one_line_before_anything_is_written(
-    tmp_path: Path, case: str, world: dict[str, Path], capsys
+    tmp_path: Path, case: str, inputs: dict[str, Path], capsys
 ) -> None:
     """Issue 21.4: these gave other targets with exit 0, the demo leak on user data, or
     tracebacks mid-graph after files were written; n_splits: 1000 ran for minutes."""
@@ -611,7 +634,7 @@ def test_4_bad_settings_stop_in_one_line_before_anything_is_written(
     out = tmp_path / "out"
     t0 = time.monotonic()
     code, _, err = cli(
-        "run", "--data", str(world["d1"]), "--out", str(out), "--settings", str(path),
+        "run", "--data", str(inputs["d1"]), "--out", str(out), "--settings", str(path),
         capsys=capsys,
     )  # fmt: skip
     assert code == 2
@@ -622,6 +645,7 @@ def test_4_bad_settings_stop_in_one_line_before_anything_is_written(
 
 
 # =========================================================================== 5 late failures
+@needs_a_run
 def test_5_a_column_named_like_a_target_is_refused_before_any_write(
     root: Path, tmp_path: Path, capsys, world: dict[str, Path]
 ) -> None:
@@ -664,6 +688,7 @@ def _fail_writes(monkeypatch: pytest.MonkeyPatch, where: str, error: int) -> lis
     return hit
 
 
+@needs_a_run
 def test_5_a_full_disk_mid_graph_names_the_cause_and_the_file_and_loses_nothing(
     root: Path, monkeypatch: pytest.MonkeyPatch, capsys, world: dict[str, Path]
 ) -> None:
@@ -710,7 +735,7 @@ def test_5_a_full_disk_mid_graph_names_the_cause_and_the_file_and_loses_nothing(
     ],
 )
 def test_5_an_unwritable_root_is_one_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, error: int, words: str, world
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys, error: int, words: str, inputs
 ) -> None:
     """Issue 21.5: a read-only root gave a traceback (and a full disk lost its words)."""
     out = tmp_path / "out"
@@ -724,8 +749,8 @@ def test_5_an_unwritable_root_is_one_line(
 
     monkeypatch.setattr(Path, "mkdir", mkdir)
     code, _, err = cli(
-        "run", "--data", str(world["d1"]), "--out", str(out), "--settings",
-        str(world["settings"]), capsys=capsys,
+        "run", "--data", str(inputs["d1"]), "--out", str(out), "--settings",
+        str(inputs["settings"]), capsys=capsys,
     )  # fmt: skip
     assert code == 2
     assert err == [f"cohortflow: error: {out}/_locks: {words}"]
@@ -751,11 +776,11 @@ def read_only_root(tmp_path: Path) -> Iterator[Path]:
 
 
 def test_5_a_real_read_only_file_system_is_one_line(
-    read_only_root: Path, capsys, world: dict[str, Path]
+    read_only_root: Path, capsys, inputs: dict[str, Path]
 ) -> None:
     code, _, err = cli(
-        "run", "--data", str(world["d1"]), "--out", str(read_only_root), "--settings",
-        str(world["settings"]), capsys=capsys,
+        "run", "--data", str(inputs["d1"]), "--out", str(read_only_root), "--settings",
+        str(inputs["settings"]), capsys=capsys,
     )  # fmt: skip
     assert code == 2
     assert err == [
@@ -765,7 +790,7 @@ def test_5_a_real_read_only_file_system_is_one_line(
 
 
 def test_5_concurrent_runs_of_other_files_name_what_differs(
-    tmp_path: Path, world: dict[str, Path]
+    tmp_path: Path, inputs: dict[str, Path]
 ) -> None:
     """Issue 21.6: two concurrent runs with different files for the same symbols failed
     with "changed since ... registered", naming a file that never changed. Here run 1
@@ -773,33 +798,33 @@ def test_5_concurrent_runs_of_other_files_name_what_differs(
     from cohortflow.intake import batch_files, inputs_of, plan_attempt, record_decision
 
     out = tmp_path / "out"
-    settings = load_settings(world["settings"])
-    for data in (world["d1"], world["d2"]):  # run 1 decides, then run 2 decides
+    settings = load_settings(inputs["settings"])
+    for data in (inputs["d1"], inputs["d2"]):  # run 1 decides, then run 2 decides
         intake = take_in(data, out, settings)
-        inputs = inputs_of(batch_files(intake.universe), settings)
-        decision = plan_attempt(out, intake.record, inputs, settings)
+        files = inputs_of(batch_files(intake.universe), settings)
+        decision = plan_attempt(out, intake.record, files, settings)
         assert decision.attempt == 0
         record_decision(out, intake.record.batch, decision)
     with pytest.raises(DataError) as err:  # run 1's data step
-        prepare_attempt(out, world["d1"], intake.record.batch, 0, settings)
+        prepare_attempt(out, inputs["d1"], intake.record.batch, 0, settings)
     text = str(err.value)
-    assert err.value.path == str(world["d1"])
+    assert err.value.path == str(inputs["d1"])
     assert "is now recorded with other files than this folder's" in text
     assert "another run recorded the same symbols from other files" in text
     for symbol in SYMBOLS:
         assert f"{symbol}.parquet: " in text
-    prepare_attempt(out, world["d2"], intake.record.batch, 0, settings)  # run 2 goes on
+    prepare_attempt(out, inputs["d2"], intake.record.batch, 0, settings)  # run 2 goes on
 
 
-def test_5_a_file_changed_after_its_record_says_so(tmp_path: Path, world) -> None:
-    data = copy_root(world["d1"], tmp_path / "data")
+def test_5_a_file_changed_after_its_record_says_so(tmp_path: Path, inputs) -> None:
+    data = copy_root(inputs["d1"], tmp_path / "data")
     out = tmp_path / "out"
-    settings = load_settings(world["settings"])
+    settings = load_settings(inputs["settings"])
     from cohortflow.intake import batch_files, inputs_of, plan_attempt, record_decision
 
     intake = take_in(data, out, settings)
-    inputs = inputs_of(batch_files(intake.universe), settings)
-    record_decision(out, intake.record.batch, plan_attempt(out, intake.record, inputs, settings))
+    files = inputs_of(batch_files(intake.universe), settings)
+    record_decision(out, intake.record.batch, plan_attempt(out, intake.record, files, settings))
     time.sleep(0.05)
     frame = pd.read_parquet(data / "BBB.parquet")
     frame.loc[5, "noise"] = 1.0
@@ -813,6 +838,7 @@ def test_5_a_file_changed_after_its_record_says_so(tmp_path: Path, world) -> Non
 
 
 # =========================================================================== 6 debris
+@needs_a_run
 def test_6_killed_writes_debris_is_swept_by_the_next_run(
     root: Path, world: dict[str, Path]
 ) -> None:
@@ -839,6 +865,7 @@ def test_6_listing_a_missing_root_creates_nothing(tmp_path: Path, capsys) -> Non
     assert not (tmp_path / "nope").exists()
 
 
+@needs_a_run
 def test_6_stacking_data_without_its_fold_plan_is_not_complete(root: Path, capsys) -> None:
     batch = registry_doc(root)["batch"]
     plan = next(p for p in root.rglob("fold_plan.json") if "stage=TRAINING" in str(p))
@@ -851,6 +878,7 @@ def test_6_stacking_data_without_its_fold_plan_is_not_complete(root: Path, capsy
     assert code == 0 and meta["complete"] is False
 
 
+@needs_a_run
 def test_6_the_seal_covers_every_cohort_file_metrics_json_included(root: Path, capsys) -> None:
     metrics = next(root.rglob("metrics.json"))
     seal = json.loads((metrics.parent.parent / "_COMPLETE").read_text())
