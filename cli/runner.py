@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import re
 import threading
 import time
 import warnings
@@ -266,6 +267,8 @@ def _failure_text(event: Any) -> str:
         error = error.cause
     text = (error.message or "").strip().splitlines()
     cause = text[-1] if text else "unknown error"
+    # cohortflow's own errors are written for the user: their class name adds nothing
+    cause = re.sub(r"^cohortflow\.errors\.\w+: ", "", cause)
     return f"step {event.step_key}: {cause}"
 
 

@@ -14,7 +14,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -35,7 +34,6 @@ from cohortflow.layout import lock_path
 from cohortflow.settings import load_settings
 
 PROJECT = Path(__file__).resolve().parent.parent
-COHORTFLOW = Path(sys.executable).parent / "cohortflow"  # the console script
 # the Dagster event log in memory: its SQLite file costs half the wall time of a small run
 IN_MEMORY_HOME = (
     "telemetry:\n  enabled: false\n"
@@ -47,6 +45,7 @@ SYMBOLS = ("AAA", "BBB", "CCC")
 # tests on a complete root pay for the run that makes it (~20 s, once per module)
 needs_a_run = pytest.mark.slow
 RUN_SECONDS: dict[str, float] = {}  # wall seconds of the in-process rerun (kill points)
+KILL_POINTS: list[tuple[float, str]] = []  # the kill loop's (seconds, outcome), for reports
 N_BARS = 300
 
 
@@ -386,6 +385,39 @@ def test_2_rerun_with_other_files_is_a_new_attempt_and_history_stays_true(
     assert code == 0 and listing(root, capsys) == rows
 
 
+# A process that imports what `cohortflow run` imports, once, then forks one child per
+# "run" line: the child runs the CLI's main() exactly as the console script does (stdout
+# and stderr to /dev/null, its own session); "kill" SIGKILLs it if it still runs, "wait"
+# waits for it; either answers how the child ended. Forking skips a start-up that costs
+# more than the graph itself on a loaded 2-core machine (10 kills: minutes).
+FORK_SERVER = r"""
+import os, signal, sys
+import cohortflow_dagster.cli.runner, cohortflow_dagster.definitions
+from cohortflow_dagster.cli.main import main
+print("ready", flush=True)
+while (line := sys.stdin.readline().strip()) == "run":
+    pid = os.fork()
+    if pid == 0:
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(null, fd)
+        code = 1
+        try:
+            code = main(sys.argv[1:])
+        finally:
+            os._exit(code)
+    print(pid, flush=True)
+    if sys.stdin.readline().strip() == "kill":
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    status = os.waitpid(pid, 0)[1]
+    print("killed" if os.WIFSIGNALED(status) else f"exit {os.WEXITSTATUS(status)}", flush=True)
+"""
+
+
 @pytest.mark.slow
 def test_2_kill_9_loop_then_a_rerun_is_byte_identical(
     world: dict[str, Path], other_files_root: Path, tmp_path: Path, capsys
@@ -395,53 +427,57 @@ def test_2_kill_9_loop_then_a_rerun_is_byte_identical(
     listing agrees with the markers on disk; a final rerun completes the attempt, and the
     tree is then byte-identical to a clean run's (metadata.json's `run` key aside)."""
     root = copy_root(world["root"], tmp_path / "root")
-    cmd = [
-        str(COHORTFLOW), "run", "--data", str(world["d2"]), "--out", str(root),
-        "--settings", str(world["settings"]),
-    ]  # fmt: skip
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
-    # a rerun's start-up and its graph, measured here, to spread the kill points over it
-    rng = random.Random(21)
-    probe_s = _import_seconds(env)
-    span = probe_s + RUN_SECONDS["rerun"]
-    kills = []
-    for _ in range(10):
-        at = rng.uniform(0.3 * probe_s, span)
-        proc = subprocess.Popen(
-            cmd, env=env, cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )  # fmt: skip
-        try:
-            proc.wait(timeout=at)
-            kills.append((round(at, 1), f"finished ({proc.returncode})"))
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            kills.append((round(at, 1), "killed"))
-        rows = listing(root, capsys)
-        assert disagreements(root, rows) == [], kills
-        assert {r["attempt"] for r in rows if r["complete"]} >= {0}
-        span = max(span * 0.8, probe_s + 5)  # each rerun resumes: less work is left
-    print(f"\nkill points (s, outcome): {kills}")
-    assert sum(outcome == "killed" for _, outcome in kills) >= 5
-    final = subprocess.run(cmd, env=env, cwd=PROJECT, capture_output=True, text=True, timeout=600)
-    assert final.returncode == 0, final.stderr[-2000:]
-    assert disagreements(root, listing(root, capsys)) == []
-    assert listing(root, capsys) == listing(other_files_root, capsys)
+    args = [
+        "run",
+        "--data",
+        str(world["d2"]),
+        "--out",
+        str(root),
+        "--settings",
+        str(world["settings"]),
+    ]
+    server = subprocess.Popen(
+        [sys.executable, "-c", FORK_SERVER, *args],
+        cwd=PROJECT, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+    def ask(line: str) -> str:
+        server.stdin.write(line + "\n")
+        server.stdin.flush()
+        return server.stdout.readline().strip()
+
+    try:
+        assert server.stdout.readline().strip() == "ready"
+        rng = random.Random(21)
+        span = RUN_SECONDS["rerun"]  # the clean rerun, in this process: spread kills over it
+        kills = []
+        for _ in range(10):
+            at = rng.uniform(0.0, span)
+            assert int(ask("run")) > 0  # the child pid
+            time.sleep(at)
+            kills.append((round(at, 1), ask("kill")))
+            rows = listing(root, capsys)
+            assert disagreements(root, rows) == [], kills
+            assert {r["attempt"] for r in rows} >= {0}
+            span = max(span * 0.85, 2.0)  # each rerun resumes: less work is left
+        assert int(ask("run")) > 0
+        final = ask("wait")
+    finally:
+        server.stdin.close()
+        server.wait(timeout=60)
+    KILL_POINTS[:] = kills
+    print(f"kill points (s, outcome): {kills}", file=sys.__stderr__)
+    assert sum(outcome == "killed" for _, outcome in kills) >= 5, kills
+    assert final == "exit 0"
+    rows = listing(root, capsys)
+    assert disagreements(root, rows) == []
+    assert rows == listing(other_files_root, capsys)
     got, want = artifacts(root), artifacts(other_files_root)
     assert sorted(got) == sorted(want)
-    differ = [rel for rel in want if got[rel] != want[rel]]
-    assert differ == []
+    assert [rel for rel in want if got[rel] != want[rel]] == []
     code, out, _ = cli("verify", "--root", str(root), capsys=capsys)
     assert code == 0, out
-
-
-def _import_seconds(env: dict[str, str]) -> float:
-    """Wall seconds of importing what `cohortflow run` imports before its first write."""
-    t0 = time.monotonic()
-    code = "import cohortflow_dagster.cli.runner, cohortflow_dagster.definitions"
-    subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, check=True)
-    return time.monotonic() - t0
 
 
 # =========================================================================== 3 silent wrong data
