@@ -13,10 +13,9 @@ import pytest
 from upath import UPath
 
 from cohortflow import layout
-from cohortflow.fsio import atomic_write_text, write_json
-from cohortflow.index import CohortIndex
 from cohortflow.errors import ArtifactNotFoundError
-from cohortflow.index import find_cohort
+from cohortflow.fsio import atomic_write_text, write_json
+from cohortflow.index import CohortIndex, find_cohort
 from cohortflow.layout import Scope, walk_cohorts
 
 FIXTURES = Path(__file__).parent / "fixtures" / "layouts"
@@ -290,3 +289,60 @@ def test_find_cohort_ignores_an_index_entry_ahead_of_its_marker(tmp_path: Path) 
         find_cohort(tmp_path, "cs_early")
     atomic_write_text(scope.complete_marker(tmp_path), "{}\n")
     assert find_cohort(tmp_path, "cs_early") == scope.record("cs_early", SIG)
+
+
+# --------------------------------------------------------------------------- issue 21
+def _sql(path: Path, statement: str) -> None:
+    con = sqlite3.connect(path)
+    con.execute(statement)
+    con.commit()
+    con.close()
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "DROP TABLE meta",  # a cohorts table without its schema: not our index
+        "ALTER TABLE cohorts DROP COLUMN origin",  # an older schema's columns
+    ],
+)
+def test_an_index_of_unknown_shape_is_set_aside_and_rebuilt(merged: Path, damage: str) -> None:
+    index = CohortIndex(merged)
+    index.rebuild()
+    truth = index.list()
+    _sql(index.path, damage)
+    assert CohortIndex(merged).list() == truth  # reads what it can, or rebuilds
+    CohortIndex(merged).add_many(truth[:1])  # a write checks the schema
+    assert len(list(index.path.parent.glob("cohorts.sqlite.corrupt-*"))) == 1
+    assert CohortIndex(merged).list() == truth
+
+
+def test_heal_indexes_what_was_sealed_but_not_indexed(tmp_path: Path) -> None:
+    root = tmp_path / "out"
+    shutil.copytree(FIXTURES / "current", root)
+    index = CohortIndex(root)
+    index.rebuild()
+    truth = index.list()
+    _sql(index.path, "DELETE FROM cohorts WHERE batch = '958ecb3c3bb6' AND attempt = 2")
+    assert len(index.list()) == len(truth) - 1
+    assert index.heal("958ecb3c3bb6", 2, ["fwd_ret_5"]) == 1
+    assert index.list() == truth
+    # an attempt the index lists as complete in every stage needs no walk
+    full = {"target": "fwd_ret_9", "view": "CROSS_SECTIONAL", "batch": B, "attempt": 0}
+    rows = [
+        layout.CohortRecord(
+            cohort_id=f"cs_2025Q3_{B}_min_cs3_max2000_v1_0000000{i}",
+            stage=stage,
+            universe_sig=SIG,
+            symbol=None,
+            layout=layout.LAYOUT_CURRENT,
+            path=f"targets/fwd_ret_9/reproducibility/stage={stage}/CROSS_SECTIONAL/batch_{B}/"
+            f"attempt_0/cohort=cs_2025Q3_{B}_min_cs3_max2000_v1_0000000{i}",
+            complete=True,
+            origin="cohortflow",
+            **full,
+        )
+        for i, stage in enumerate(layout.STAGES)
+    ]
+    index.add_many(rows)
+    assert index.heal(B, 0, ["fwd_ret_9"]) == 0  # (their folders do not even exist)
