@@ -44,8 +44,7 @@ NOT_ARTIFACTS = ("_index", "_locks")
 SYMBOLS = ("AAA", "BBB", "CCC")
 # tests on a complete root pay for the run that makes it (~20 s, once per module)
 needs_a_run = pytest.mark.slow
-RUN_SECONDS: dict[str, float] = {}  # wall seconds of the in-process rerun (kill points)
-KILL_POINTS: list[tuple[float, str]] = []  # the kill loop's (seconds, outcome), for reports
+KILL_POINTS: list[tuple[int, str]] = []  # the kill loop's (new files, outcome), for reports
 N_BARS = 300
 
 
@@ -209,20 +208,8 @@ def world(inputs: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> 
 def other_files_root(world: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The complete root after a clean rerun with d2: other files for the same symbols."""
     root = copy_root(world["root"], tmp_path_factory.mktemp("other") / "root")
-    t0 = time.monotonic()
-    code = main(
-        [
-            "run",
-            "--data",
-            str(world["d2"]),
-            "--out",
-            str(root),
-            "--settings",
-            str(world["settings"]),
-        ]
-    )
-    assert code == 0
-    RUN_SECONDS["rerun"] = time.monotonic() - t0
+    args = ["--data", str(world["d2"]), "--out", str(root), "--settings", str(world["settings"])]
+    assert main(["run", *args]) == 0
     return root
 
 
@@ -447,27 +434,42 @@ def test_2_kill_9_loop_then_a_rerun_is_byte_identical(
         server.stdin.flush()
         return server.stdout.readline().strip()
 
+    def files(folder: Path) -> int:
+        return sum(1 for p in folder.rglob("*") if p.parts[len(folder.parts)] not in NOT_ARTIFACTS)
+
+    def finished(pid: int) -> bool:  # the child is a zombie of the server: it has exited
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(") ")[1][0] == "Z"
+        except (FileNotFoundError, IndexError):
+            return True
+
+    # kill points: when the tree holds a random share of the files a clean rerun adds (10
+    # shares, ascending: they spread over the whole rerun, its last seal included, while
+    # each rerun resumes where the last one was killed), plus a few random ms (some land
+    # inside a write); a child that is past its point when it starts dies at once
+    rng = random.Random(21)
+    start = files(root)
+    new = files(other_files_root) - start
+    points = sorted(start + max(1, round(rng.random() * new)) for _ in range(10))
+    kills = []
     try:
         assert server.stdout.readline().strip() == "ready"
-        rng = random.Random(21)
-        span = RUN_SECONDS["rerun"]  # the clean rerun, in this process: spread kills over it
-        kills = []
-        for _ in range(10):
-            at = rng.uniform(0.0, span)
-            assert int(ask("run")) > 0  # the child pid
-            time.sleep(at)
-            kills.append((round(at, 1), ask("kill")))
+        for point in points:
+            pid = int(ask("run"))
+            while files(root) < point and not finished(pid):
+                time.sleep(0.01)
+            time.sleep(rng.uniform(0.0, 0.05))
+            kills.append((files(root) - start, ask("kill")))
             rows = listing(root, capsys)
             assert disagreements(root, rows) == [], kills
             assert {r["attempt"] for r in rows} >= {0}
-            span = max(span * 0.85, 2.0)  # each rerun resumes: less work is left
         assert int(ask("run")) > 0
         final = ask("wait")
     finally:
         server.stdin.close()
         server.wait(timeout=60)
     KILL_POINTS[:] = kills
-    print(f"kill points (s, outcome): {kills}", file=sys.__stderr__)
+    print(f"kill points (new files of {new}, outcome): {kills}", file=sys.__stderr__)
     assert sum(outcome == "killed" for _, outcome in kills) >= 5, kills
     assert final == "exit 0"
     rows = listing(root, capsys)
