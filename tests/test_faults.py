@@ -374,7 +374,7 @@ def test_2_rerun_with_other_files_is_a_new_attempt_and_history_stays_true(
 
 # A process that imports what `cohortflow run` imports, once, then forks one child per
 # "run" line: the child runs the CLI's main() exactly as the console script does (stdout
-# and stderr to /dev/null, its own session); "kill" SIGKILLs it if it still runs, "wait"
+# to /dev/null, stderr appended to $KILL_LOOP_LOG, its own session); "kill" SIGKILLs it if it still runs, "wait"
 # waits for it; either answers how the child ended. Forking skips a start-up that costs
 # more than the graph itself on a loaded 2-core machine (10 kills: minutes).
 FORK_SERVER = r"""
@@ -387,8 +387,9 @@ while (line := sys.stdin.readline().strip()) == "run":
     if pid == 0:
         os.setsid()
         null = os.open(os.devnull, os.O_RDWR)
-        for fd in (0, 1, 2):
-            os.dup2(null, fd)
+        log = os.open(os.environ["KILL_LOOP_LOG"], os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        for fd, to in ((0, null), (1, null), (2, log)):
+            os.dup2(to, fd)
         code = 1
         try:
             code = main(sys.argv[1:])
@@ -425,7 +426,8 @@ def test_2_kill_9_loop_then_a_rerun_is_byte_identical(
     ]
     server = subprocess.Popen(
         [sys.executable, "-c", FORK_SERVER, *args],
-        cwd=PROJECT, env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE"},
+        cwd=PROJECT,
+        env={**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "KILL_LOOP_LOG": str(tmp_path / "log")},
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
 
@@ -460,6 +462,7 @@ def test_2_kill_9_loop_then_a_rerun_is_byte_identical(
                 time.sleep(0.01)
             time.sleep(rng.uniform(0.0, 0.05))
             kills.append((files(root) - start, ask("kill")))
+            assert kills[-1][1] in ("killed", "exit 0"), (tmp_path / "log").read_text()[-3000:]
             rows = listing(root, capsys)
             assert disagreements(root, rows) == [], kills
             assert {r["attempt"] for r in rows} >= {0}
@@ -471,7 +474,7 @@ def test_2_kill_9_loop_then_a_rerun_is_byte_identical(
     KILL_POINTS[:] = kills
     print(f"kill points (new files of {new}, outcome): {kills}", file=sys.__stderr__)
     assert sum(outcome == "killed" for _, outcome in kills) >= 5, kills
-    assert final == "exit 0"
+    assert final == "exit 0", (tmp_path / "log").read_text()[-3000:]
     rows = listing(root, capsys)
     assert disagreements(root, rows) == []
     assert rows == listing(other_files_root, capsys)
