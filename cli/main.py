@@ -281,7 +281,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
         else stack_runs_dir(args.root, batch, args.attempt, args.target)
     )
     run_id = args.output_name or new_run_id()
-    files = fit_stack(data, settings, run_id)
+    files = fit_stack(data, settings, run_id, args.root)
     folder = unique_run_dir(parent, run_id)
     atomic_write_many([(run_file(folder, name), payload) for name, payload in files.items()])
     _say(f"meta-learner fitted on {data.metadata['rows']} OOF rows of {data.metadata['path']}")
