@@ -216,8 +216,14 @@ def cmd_cohorts_diff(args: argparse.Namespace) -> int:
 def cmd_reindex(args: argparse.Namespace) -> int:
     from cohortflow.index import CohortIndex
 
-    count = CohortIndex(args.root).rebuild()
-    print(f"indexed {count} cohorts under {args.root}")
+    problems: list[str] = []
+    count = CohortIndex(args.root).rebuild(problems)
+    for line in problems:
+        print(f"skipped: {line}")
+    print(
+        f"indexed {count} cohorts under {args.root}"
+        + (f"; skipped {len(problems)}" if problems else "")
+    )
     return 0
 
 

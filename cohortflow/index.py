@@ -438,15 +438,18 @@ class CohortIndex:
         try:
             return op()
         except IndexUnusable as exc:
-            moved = quarantine(self.path)
-            logger.warning(
-                "cohort index %s is unusable (%s); kept as %s and rebuilt from the tree",
-                self.path,
-                exc,
-                moved,
-            )
+            self._set_aside(exc)
             self._rebuild()
             return op()
+
+    def _set_aside(self, exc: Exception) -> None:
+        moved = quarantine(self.path)
+        logger.warning(
+            "cohort index %s is unusable (%s); kept as %s and rebuilt from the tree",
+            self.path,
+            exc,
+            moved,
+        )
 
     def add(self, record: CohortRecord, summary: Mapping[str, Any] | None = None) -> None:
         """Insert or update one cohort (keyed by cohort id and path).
@@ -556,19 +559,29 @@ class CohortIndex:
             self._guarded(lambda: self._backend.delete_rows([(r.cohort_id, r.path) for r in gone]))
         return kept
 
-    def rebuild(self) -> int:
+    def rebuild(self, problems: builtins.list[str] | None = None) -> int:
         """Replace the contents with a walk of the tree (complete cohorts); returns the count.
 
         Survives any index file: one that cannot be read is set aside first. The
         replacement is one transaction, so readers see the old index or the new one.
         Rows added while the walk ran are kept if their folder exists and is complete, and
-        stored summaries survive for cohorts that are still there.
+        stored summaries survive for cohorts that are still there. ``problems``: gets one
+        line per cohort left out because its metadata.json is malformed.
         """
-        return self._guarded(self._rebuild)
+        found: builtins.list[str] = []
+        try:
+            count = self._rebuild(found)
+        except IndexUnusable as exc:
+            self._set_aside(exc)
+            found.clear()
+            count = self._rebuild(found)
+        if problems is not None:
+            problems.extend(found)
+        return count
 
-    def _rebuild(self) -> int:
+    def _rebuild(self, problems: builtins.list[str] | None = None) -> int:
         t0 = time.monotonic()
-        rows = [_row(r, None) for r in walk_cohorts(self.root)]
+        rows = [_row(r, None) for r in walk_cohorts(self.root, problems=problems)]
         count = self._backend.replace_all(rows, self._still_there)
         logger.info(
             "rebuilt cohort index %s: %d cohorts in %.1f s", self.path, count, time.monotonic() - t0

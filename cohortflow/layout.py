@@ -34,7 +34,7 @@ from upath import UPath
 
 from cohortflow.canonical import fingerprint
 from cohortflow.domain import Stage, View
-from cohortflow.errors import InvalidNameError, StoreError
+from cohortflow.errors import CorruptFileError, InvalidNameError, StoreError
 from cohortflow.fsio import is_local, local_path
 from cohortflow.names import validate_name, validate_symbol
 
@@ -186,6 +186,13 @@ def unique_run_dir(parent: P, name: str | None = None) -> P:
     except FileExistsError as exc:
         raise StoreError(f"run folder {path} already exists; refusing to reuse it") from exc
     return path
+
+
+def marker_file(folder: P, name: str) -> P:
+    """A marker of a folder that holds cohort folders (``_COMPLETE``, ``_IN_PROGRESS``)."""
+    if name not in (COMPLETE_MARKER, PROGRESS_MARKER):
+        raise InvalidNameError(f"invalid marker {name!r}")
+    return folder / name
 
 
 def cohort_file(cohort_dir: P, name: str) -> P:
@@ -695,6 +702,7 @@ def _exists(path: Any) -> bool:
 
 
 def _read_json(path: Any) -> Any:
+    """A JSON document (None if absent); CorruptFileError naming the file if malformed."""
     try:
         if isinstance(path, str) or is_local(path):
             with open(path if isinstance(path, str) else local_path(path), encoding="utf-8") as fh:
@@ -702,9 +710,12 @@ def _read_json(path: Any) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
+    except json.JSONDecodeError as exc:
+        raise CorruptFileError(
+            path, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
     except (OSError, ValueError) as exc:
-        logger.warning("unreadable %s: %s", path, exc)
-        return None
+        raise CorruptFileError(path, f"unreadable: {exc}") from None
 
 
 def _metadata_sig(metadata_path: Any) -> str | None:
@@ -748,9 +759,24 @@ def _attempt_state(
     return cache[container]
 
 
-def _record(tree: _Tree, parsed: _Parsed, state: tuple[bool, str]) -> CohortRecord:
+def _record(
+    tree: _Tree,
+    parsed: _Parsed,
+    state: tuple[bool, str],
+    problems: list[str] | None = None,
+) -> CohortRecord | None:
+    """The record of a parsed cohort folder. A malformed metadata.json is named in
+    ``problems`` and the cohort left out when a list is given; else it is logged and the
+    cohort kept without the universe signature its metadata would give."""
     universe_sig = parsed.universe_sig
-    meta_sig = _metadata_sig(tree.at((*parsed.parts, METADATA_FILE)))
+    try:
+        meta_sig = _metadata_sig(tree.at((*parsed.parts, METADATA_FILE)))
+    except CorruptFileError as exc:
+        if problems is not None:
+            problems.append(str(exc))
+            return None
+        logger.warning("%s", exc)
+        meta_sig = None
     if universe_sig is None:
         universe_sig = meta_sig
     elif meta_sig is not None and meta_sig != universe_sig:
@@ -837,7 +863,11 @@ def _cohort_parts(tree: _Tree, view_parts: tuple[str, ...]) -> Iterator[tuple[st
 
 
 def walk_cohorts(
-    root: Any, *, include_incomplete: bool = False, target: str | None = None
+    root: Any,
+    *,
+    include_incomplete: bool = False,
+    target: str | None = None,
+    problems: list[str] | None = None,
 ) -> Iterator[CohortRecord]:
     """Every cohort under ``root`` in every layout, by walking the tree (the slow path).
 
@@ -867,7 +897,9 @@ def walk_cohorts(
                         continue
                     state = _attempt_state(tree, parsed, cache)
                     if state[0] or include_incomplete:
-                        records.append(_record(tree, parsed, state))
+                        record = _record(tree, parsed, state, problems)
+                        if record is not None:
+                            records.append(record)
                 yield from sorted(records, key=sort_key)
 
 

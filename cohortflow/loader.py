@@ -222,9 +222,14 @@ def oof_label_end(root: Any, data: StackingData, horizon: int) -> tuple[Any, str
     frame = data.frame[["timestamp", "symbol"]].astype({"symbol": str})
     column = f"label_end_{int(horizon)}"
     try:
-        panel = Store(root).read(
-            ArtifactKind.FEATURE_PANEL, AttemptKey(data.metadata["batch"], data.metadata["attempt"])
-        ).frame
+        panel = (
+            Store(root)
+            .read(
+                ArtifactKind.FEATURE_PANEL,
+                AttemptKey(data.metadata["batch"], data.metadata["attempt"]),
+            )
+            .frame
+        )
         ends = panel[["timestamp", "symbol", column]].astype({"symbol": str})
         found = frame.merge(ends, on=["timestamp", "symbol"], how="left", validate="many_to_one")
         if not found[column].isna().any():
