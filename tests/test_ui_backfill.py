@@ -153,8 +153,8 @@ def _attempt_dir(
 
 def _assert_canonical_tree(root: Path, batch: str, symbols: tuple[str, ...]) -> None:
     assert (root / f"_registry/batch_{batch}.json").is_file()
-    assert (root / f"_work/batch_{batch}/bars.parquet").is_file()
-    assert (root / f"_work/batch_{batch}/panel.parquet").is_file()
+    assert (root / f"_work/batch_{batch}/attempt_0/bars.parquet").is_file()
+    assert (root / f"_work/batch_{batch}/attempt_0/panel.parquet").is_file()
     ranking = pd.read_csv(root / f"reports/batch_{batch}/attempt_0/target_ranking.csv")
     assert sorted(ranking["target"]) == sorted(TARGETS)
     assert ranking["rank"].tolist() == [1, 2]
