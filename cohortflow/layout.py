@@ -25,7 +25,7 @@ import os
 import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path, PurePath, PurePosixPath
 from typing import Any, TypeVar
@@ -580,20 +580,6 @@ def newest_first_key(record: CohortRecord) -> tuple[Any, ...]:
 # --------------------------------------------------------------------------- parsing
 
 
-@dataclass(frozen=True)
-class _Parsed:
-    parts: tuple[str, ...]
-    cohort_id: str
-    target: str
-    stage: str
-    view: str
-    batch: str | None
-    universe_sig: str | None
-    symbol: str | None
-    attempt: int
-    layout: str
-
-
 def _is_name(kind: str, value: str) -> bool:
     try:
         validate_name(kind, value)
@@ -602,7 +588,7 @@ def _is_name(kind: str, value: str) -> bool:
     return True
 
 
-def _parse_parts(parts: tuple[str, ...]) -> _Parsed | None:
+def _parse_parts(parts: tuple[str, ...]) -> CohortRecord | None:
     """Structure of a cohort folder from its parts relative to the root; None if not one."""
     if len(parts) < 6 or parts[0] != "targets" or parts[2] != "reproducibility":
         return None
@@ -650,8 +636,8 @@ def _parse_parts(parts: tuple[str, ...]) -> _Parsed | None:
         layout = LAYOUT_LEGACY_UNIVERSE
     else:
         return None
-    return _Parsed(
-        parts=parts,
+    # what the path alone says; _record adds the markers' state and the metadata's signature
+    return CohortRecord(
         cohort_id=cid,
         target=target,
         stage=stage,
@@ -661,6 +647,7 @@ def _parse_parts(parts: tuple[str, ...]) -> _Parsed | None:
         symbol=symbol,
         attempt=attempt,
         layout=layout,
+        path="/".join(parts),
     )
 
 
@@ -751,9 +738,9 @@ def folder_state(folder: Any) -> tuple[bool, str]:
 
 
 def _attempt_state(
-    tree: _Tree, parsed: _Parsed, cache: dict[tuple[str, ...], tuple[bool, str]]
+    tree: _Tree, parsed: CohortRecord, cache: dict[tuple[str, ...], tuple[bool, str]]
 ) -> tuple[bool, str]:
-    container = parsed.parts[:-1]
+    container = tuple(parsed.container_path().split("/"))
     if container not in cache:
         cache[container] = attempt_state(lambda name: _exists(tree.at((*container, name))))
     return cache[container]
@@ -761,7 +748,7 @@ def _attempt_state(
 
 def _record(
     tree: _Tree,
-    parsed: _Parsed,
+    parsed: CohortRecord,
     state: tuple[bool, str],
     problems: list[str] | None = None,
 ) -> CohortRecord | None:
@@ -770,7 +757,7 @@ def _record(
     cohort kept without the universe signature its metadata would give."""
     universe_sig = parsed.universe_sig
     try:
-        meta_sig = _metadata_sig(tree.at((*parsed.parts, METADATA_FILE)))
+        meta_sig = _metadata_sig(tree.at((*parsed.path.split("/"), METADATA_FILE)))
     except CorruptFileError as exc:
         if problems is not None:
             problems.append(str(exc))
@@ -782,30 +769,17 @@ def _record(
     elif meta_sig is not None and meta_sig != universe_sig:
         logger.warning(
             "%s: metadata universe_sig %s differs from the folder's; the folder wins",
-            "/".join(parsed.parts),
+            parsed.path,
             meta_sig,
         )
     if universe_sig is not None and parsed.batch is not None and universe_sig[:12] != parsed.batch:
         logger.warning(
             "%s: universe_sig %s does not start with batch %s",
-            "/".join(parsed.parts),
+            parsed.path,
             universe_sig,
             parsed.batch,
         )
-    return CohortRecord(
-        cohort_id=parsed.cohort_id,
-        target=parsed.target,
-        stage=parsed.stage,
-        view=parsed.view,
-        batch=parsed.batch,
-        universe_sig=universe_sig,
-        symbol=parsed.symbol,
-        attempt=parsed.attempt,
-        layout=parsed.layout,
-        path="/".join(parsed.parts),
-        complete=state[0],
-        origin=state[1],
-    )
+    return replace(parsed, universe_sig=universe_sig, complete=state[0], origin=state[1])
 
 
 def parse_cohort_path(root: Any, cohort_dir: Any) -> CohortRecord | None:
