@@ -18,10 +18,6 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pandas as pd
-from cohortflow_dagster.assets.checks import check_results, check_specs
-from cohortflow_dagster.io_managers.canonical_store import LAST_PANEL
-from cohortflow_dagster.io_managers.keys import KIND_KEY, LOAD_KEY, STEP_TAG
-from cohortflow_dagster.resources.cohortflow import CohortflowResource
 from dagster import (
     AssetExecutionContext,
     AssetIn,
@@ -38,8 +34,12 @@ from cohortflow.domain import ArtifactKind, AssetRole, Step, roles_of
 from cohortflow.features import Panel
 from cohortflow.store import AttemptKey, read_test_predictions
 from cohortflow.version import code_version
+from cohortflow_dagster.assets.checks import check_results, check_specs
+from cohortflow_dagster.io_managers.canonical_store import LAST_PANEL
+from cohortflow_dagster.io_managers.keys import KIND_KEY, LOAD_KEY, STEP_TAG
 from cohortflow_dagster.metadata import frame_facts, joined, num, numbers, png, table
 from cohortflow_dagster.partitions import attempt_partitions, key_of
+from cohortflow_dagster.resources.cohortflow import CohortflowResource
 
 K = ArtifactKind
 

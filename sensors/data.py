@@ -5,14 +5,6 @@ starts nothing, whatever the cursor (the decision reads the sealed attempts on d
 
 import json
 
-from cohortflow_dagster.assets.jobs import cohortflow_job
-from cohortflow_dagster.partitions import attempt_dim_partitions, attempt_key, batch_partitions
-from cohortflow_dagster.resources.cohortflow import (
-    CohortflowResource,
-    default_sensor_status,
-    sensor_interval_s,
-)
-from cohortflow_dagster.sensors.runs import run_tags, unfinished_runs
 from dagster import RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from cohortflow.errors import CohortflowError
@@ -24,6 +16,14 @@ from cohortflow.intake import (
     record_decision,
     take_in,
 )
+from cohortflow_dagster.assets.jobs import cohortflow_job
+from cohortflow_dagster.partitions import attempt_dim_partitions, attempt_key, batch_partitions
+from cohortflow_dagster.resources.cohortflow import (
+    CohortflowResource,
+    default_sensor_status,
+    sensor_interval_s,
+)
+from cohortflow_dagster.sensors.runs import run_tags, unfinished_runs
 
 
 @sensor(

@@ -134,9 +134,8 @@ def _attempts(root: Path) -> list[tuple[int, str]]:
 
 @pytest.mark.slow
 def test_reruns_change_nothing_and_changes_make_new_attempts(tmp_path: Path, dagster_home, capsys):
-    from cohortflow_dagster.cli.main import main
-
     from cohortflow import synthetic
+    from cohortflow_dagster.cli.main import main
     from tests.conftest import FAST_SETTINGS
 
     data, out = tmp_path / "data", tmp_path / "out"

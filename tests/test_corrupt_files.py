@@ -11,11 +11,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from cohortflow_dagster.cli.main import main
 
 from cohortflow.domain import ArtifactKind
 from cohortflow.errors import CorruptFileError
 from cohortflow.index import CohortIndex
+from cohortflow_dagster.cli.main import main
 
 pytestmark = pytest.mark.slow
 TARGET = "fwd_ret_5"
@@ -202,10 +202,10 @@ def test_stack_twice_gives_two_folders_each_naming_its_oof(tree, tmp_path, capsy
     ],
 )
 def test_the_io_manager_load_names_a_corrupt_file(tree, tmp_path, kind, relpath, corruption):
-    from cohortflow_dagster.io_managers.canonical_store import CanonicalStoreIOManager
-    from cohortflow_dagster.io_managers.keys import KIND_KEY
     from dagster import AssetKey, DagsterInstance, build_input_context, build_output_context
 
+    from cohortflow_dagster.io_managers.canonical_store import CanonicalStoreIOManager
+    from cohortflow_dagster.io_managers.keys import KIND_KEY
     from cohortflow_dagster.partitions import attempt_key, attempt_partitions
 
     root = _copy(tree, tmp_path)

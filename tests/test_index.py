@@ -13,10 +13,9 @@ import pytest
 from upath import UPath
 
 from cohortflow import layout
-from cohortflow.fsio import atomic_write_text, write_json
-from cohortflow.index import CohortIndex
 from cohortflow.errors import ArtifactNotFoundError
-from cohortflow.index import find_cohort
+from cohortflow.fsio import atomic_write_text, write_json
+from cohortflow.index import CohortIndex, find_cohort
 from cohortflow.layout import Scope, walk_cohorts
 
 FIXTURES = Path(__file__).parent / "fixtures" / "layouts"

@@ -9,8 +9,6 @@ from typing import Any
 
 import pandas as pd
 import pytest
-from cohortflow_dagster.io_managers.canonical_store import CanonicalStoreIOManager
-from cohortflow_dagster.io_managers.keys import KIND_KEY, LOAD_KEY
 from dagster import AssetKey, DagsterInstance, build_input_context, build_output_context
 
 from cohortflow import stages
@@ -19,6 +17,8 @@ from cohortflow.features import build_panel
 from cohortflow.intake import take_in
 from cohortflow.settings import load_settings
 from cohortflow.store import AttemptKey, Store, read_test_predictions
+from cohortflow_dagster.io_managers.canonical_store import CanonicalStoreIOManager
+from cohortflow_dagster.io_managers.keys import KIND_KEY, LOAD_KEY
 from cohortflow_dagster.partitions import attempt_key, attempt_partitions
 from tests.conftest import FAST_SETTINGS
 

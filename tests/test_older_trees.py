@@ -10,9 +10,9 @@ import shutil
 from pathlib import Path
 
 import pytest
-from cohortflow_dagster.cli.main import main
 
 from cohortflow.layout import COMPLETE_MARKER, PROGRESS_MARKER, walk_cohorts
+from cohortflow_dagster.cli.main import main
 
 FIXTURES = Path(__file__).parent / "fixtures" / "layouts"
 LAYOUTS = (

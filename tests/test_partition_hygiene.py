@@ -25,7 +25,9 @@ def _materialize(defs, instance: DagsterInstance, batch: str, attempt: str):
     return job.execute_in_process(
         instance=instance,
         partition_key=str(key),
-        asset_selection=[a for a in job.asset_layer.executable_asset_keys if a.path[-1] == "universe_bars"],
+        asset_selection=[
+            a for a in job.asset_layer.executable_asset_keys if a.path[-1] == "universe_bars"
+        ],
         raise_on_error=False,
     )
 

@@ -32,16 +32,16 @@ def test_multiprocess_executor_runs_a_partition_of_the_parallel_job(
 ) -> None:
     from dagster import DagsterEventType, execute_job, instance_for_test
 
+    from cohortflow.intake import take_in
+    from cohortflow.layout import Scope
+    from cohortflow.settings import load_settings
+    from cohortflow.synthetic import generate
     from cohortflow_dagster.partitions import (
         attempt_dim_partitions,
         attempt_key,
         attempt_partitions,
         batch_partitions,
     )
-    from cohortflow.intake import take_in
-    from cohortflow.layout import Scope
-    from cohortflow.settings import load_settings
-    from cohortflow.synthetic import generate
 
     data, out = tmp_path / "data", tmp_path / "out"
     generate(data, n_symbols=3, n_bars=320, n_noise=2, seed=5, with_leaks=False)
