@@ -166,6 +166,12 @@ class StepRun:
         if self.wants(kind):
             yield Output(value, output_name=kind.value, metadata=metadata)
 
+    def snapshots(self, kind: ArtifactKind, compute: Callable[[], Any]) -> Iterator[Output]:
+        """The stage's cohort snapshots, when selected (they are never read back)."""
+        if self.wants(kind):
+            snaps = compute()
+            yield from self.output(kind, snaps, _snapshot_meta(snaps))
+
     def checks(self) -> Iterator[Any]:
         yield from check_results(
             self.context, self.store, self.key, self.keys, self.settings.attempt_limit
@@ -386,9 +392,7 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
         yield from run.output(
             K.EXCLUSIONS, excl, _exclusions_meta(excl, joined(t.universe.symbols))
         )
-        if run.wants(K.RANKING_SNAPSHOTS):
-            snaps = stages.rank(t, excl)
-            yield from run.output(K.RANKING_SNAPSHOTS, snaps, _snapshot_meta(snaps))
+        yield from run.snapshots(K.RANKING_SNAPSHOTS, lambda: stages.rank(t, excl))
         yield from run.checks()
 
     @step_asset(
@@ -410,9 +414,9 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
         if run.wants(K.FEATURESETS) or run.wants(K.SELECTION_SNAPSHOTS):
             fsets = run.get(K.FEATURESETS, lambda: stages.featuresets(t, imps, excl))
             yield from run.output(K.FEATURESETS, fsets, _featureset_meta(fsets))
-            if run.wants(K.SELECTION_SNAPSHOTS):
-                snaps = stages.selection_snapshots(t, imps, fsets, excl)
-                yield from run.output(K.SELECTION_SNAPSHOTS, snaps, _snapshot_meta(snaps))
+            yield from run.snapshots(
+                K.SELECTION_SNAPSHOTS, lambda: stages.selection_snapshots(t, imps, fsets, excl)
+            )
         yield from run.checks()
 
     @step_asset(
@@ -445,9 +449,10 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
             yield from run.output(K.EVALUATION, report, _evaluation_meta(report))
             folio = run.get(K.PORTFOLIO, lambda: stages.portfolio(t, saved))
             yield from run.output(K.PORTFOLIO, folio, _portfolio_meta(t, folio))
-            if run.wants(K.TRAINING_SNAPSHOTS):
-                snaps = stages.training_snapshots(t, featureset, oof, report, folio)
-                yield from run.output(K.TRAINING_SNAPSHOTS, snaps, _snapshot_meta(snaps))
+            yield from run.snapshots(
+                K.TRAINING_SNAPSHOTS,
+                lambda: stages.training_snapshots(t, featureset, oof, report, folio),
+            )
         yield from run.checks()
 
     return [target_ranking, feature_selection, training]

@@ -349,22 +349,23 @@ def build_parser() -> argparse.ArgumentParser:
     mig.add_argument("--to", dest="new", required=True)
     mig.set_defaults(fn=cmd_migrate)
 
-    sd = sub.add_parser("stacking-data", help="the OOF dataset of a batch × attempt × target")
-    sd.add_argument("--root", default=root_default)
-    sd.add_argument("--batch", required=True)
-    sd.add_argument("--attempt", type=int, required=True)
-    sd.add_argument("--target", required=True)
+    def attempt_parser(name: str, help: str) -> argparse.ArgumentParser:
+        """A command on one batch × attempt × target of a root."""
+        cmd = sub.add_parser(name, help=help)
+        cmd.add_argument("--root", default=root_default)
+        cmd.add_argument("--batch", required=True)
+        cmd.add_argument("--attempt", type=int, required=True)
+        cmd.add_argument("--target", required=True)
+        return cmd
+
+    sd = attempt_parser("stacking-data", "the OOF dataset of a batch × attempt × target")
     sd.add_argument("--export", help="copy it into a new folder under this one")
     sd.add_argument("--output-name", help="name of that folder (default: a new run id)")
     sd.set_defaults(fn=cmd_stacking_data)
 
-    st = sub.add_parser(
-        "stack", help="fit the meta-learner on a stored OOF dataset into a new run folder"
+    st = attempt_parser(
+        "stack", "fit the meta-learner on a stored OOF dataset into a new run folder"
     )
-    st.add_argument("--root", default=root_default)
-    st.add_argument("--batch", required=True)
-    st.add_argument("--attempt", type=int, required=True)
-    st.add_argument("--target", required=True)
     st.add_argument("--out", help="parent folder of the run folder (default: ROOT/stacks/...)")
     st.add_argument("--output-name", help="name of the run folder (default: a new run id)")
     st.set_defaults(fn=cmd_stack)

@@ -225,6 +225,26 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+LAUNCH_BACKFILL = """
+mutation LaunchBackfill($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on Error { message }
+    ... on PythonError { message stack }
+  }
+}
+"""
+RUNS = "query { runsOrError { ... on Runs { results { runId status tags { key value } } } } }"
+REPOSITORY = {"repositoryName": "__repository__", "repositoryLocationName": "cohortflow"}
+ADD_PARTITION = """
+mutation Add($selector: RepositorySelector!, $name: String!, $key: String!) {
+  addDynamicPartition(repositorySelector: $selector, partitionsDefName: $name, partitionKey: $key) {
+    __typename
+    ... on Error { message }
+  }
+}
+"""
 WORKSPACE_QUERY = """
 query {
   workspaceOrError {

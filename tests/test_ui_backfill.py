@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from dagster_dev import (
+    LAUNCH_BACKFILL,
     TEST_OUTPUT,
     DagsterDev,
     add_partitions,
@@ -32,16 +33,6 @@ STAGES = ("TARGET_RANKING", "FEATURE_SELECTION", "TRAINING")
 DEADLINE_S = 8 * 60
 TERMINAL = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 
-LAUNCH_BACKFILL = """
-mutation LaunchBackfill($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on Error { message }
-    ... on PythonError { stack }
-  }
-}
-"""
 
 ASSET_KEYS = "query { assetNodes { assetKey { path } } }"
 

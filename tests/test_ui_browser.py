@@ -25,7 +25,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dagster_dev import TEST_OUTPUT, dagster_dev, free_port, make_workspace, stop_group
+from dagster_dev import (
+    ADD_PARTITION,
+    LAUNCH_BACKFILL,
+    REPOSITORY,
+    RUNS,
+    TEST_OUTPUT,
+    dagster_dev,
+    free_port,
+    make_workspace,
+    stop_group,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -181,26 +191,6 @@ def _stored_plot(dev: Any, asset: list[str], label: str) -> tuple[str, str]:
     match = re.fullmatch(r"!\[[^\]]*\]\((data:image/png;base64,[A-Za-z0-9+/=]+)\)", md.strip())
     assert match, md[:200]
     return event["partition"], match.group(1)
-
-
-LAUNCH_BACKFILL = """
-mutation LaunchBackfill($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on Error { message }
-  }
-}
-"""
-RUNS = "query { runsOrError { ... on Runs { results { runId status tags { key value } } } } }"
-REPOSITORY = {"repositoryName": "__repository__", "repositoryLocationName": "cohortflow"}
-ADD_PARTITION = """
-mutation Add($selector: RepositorySelector!, $name: String!, $key: String!) {
-  addDynamicPartition(repositorySelector: $selector, partitionsDefName: $name, partitionKey: $key) {
-    __typename
-  }
-}
-"""
 
 
 @pytest.mark.slow

@@ -23,7 +23,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dagster_dev import DagsterDev, dagster_dev, make_workspace
+from dagster_dev import (
+    ADD_PARTITION,
+    LAUNCH_BACKFILL,
+    REPOSITORY,
+    RUNS,
+    DagsterDev,
+    dagster_dev,
+    make_workspace,
+)
 
 pytestmark = pytest.mark.slow
 COHORTFLOW = Path(sys.executable).with_name("cohortflow")
@@ -35,31 +43,11 @@ query Ticks($selector: SensorSelector!) {
   }
 }
 """
-RUNS = "query { runsOrError { ... on Runs { results { runId status tags { key value } } } } }"
-LAUNCH_BACKFILL = """
-mutation LaunchBackfill($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on Error { message }
-    ... on PythonError { message stack }
-  }
-}
-"""
-ADD_PARTITION = """
-mutation Add($selector: RepositorySelector!, $name: String!, $key: String!) {
-  addDynamicPartition(repositorySelector: $selector, partitionsDefName: $name, partitionKey: $key) {
-    __typename
-    ... on Error { message }
-  }
-}
-"""
 MATERIALIZED = """
 query Done($partitions: [String!]) {
   assetNodes { assetKey { path } assetMaterializations(partitions: $partitions) { partition } }
 }
 """
-REPOSITORY = {"repositoryName": "__repository__", "repositoryLocationName": "cohortflow"}
 
 
 def tree_digest(root: Path) -> dict[str, str]:
