@@ -282,6 +282,7 @@ class S3Lock:
         self.lease_s = float(lease_s)
         self.owner = secrets.token_hex(16)
         self.etag: str | None = None
+        self.renewed = 0.0  # time.monotonic() of the last write of the lock object
         self.waited_s = 0.0
         self.took_over = False
         self._lost = threading.Event()
@@ -290,6 +291,7 @@ class S3Lock:
 
     # ----------------------------------------------------------------- requests
     def _put(self, **condition: str) -> str:
+        sent = time.monotonic()
         body = canonical_json(
             {
                 "owner": self.owner,
@@ -308,6 +310,7 @@ class S3Lock:
             Metadata={"owner": self.owner, "lease-s": repr(self.lease_s)},
             **condition,
         )
+        self.renewed = sent
         return str(response["ETag"])
 
     def _head(self) -> Mapping[str, Any] | None:
@@ -372,17 +375,27 @@ class S3Lock:
         )
         self._renewer.start()
 
+    def _still_mine(self) -> bool:
+        """After a 412: is the lock object still ours (a request of ours retried after it
+        had gone through changed its ETag)? Adopts the current ETag if so."""
+        head = self._head()
+        if head is None or head.get("Metadata", {}).get("owner") != self.owner:
+            return False
+        self.etag = str(head["ETag"])
+        return True
+
     def _renew_loop(self) -> None:
         while not self._stop.wait(self.lease_s / 3):
             try:
                 self.etag = self._put(IfMatch=str(self.etag))
             except OSError as exc:
-                if _lost_race(exc):
+                if _lost_race(exc) and not self._still_mine():
                     logger.error("lock %s: lost (taken over by another writer)", self.path)
                     self._lost.set()
                     return
-                # a network hiccup: the lease still runs, try again next round
-                logger.warning("lock %s: could not renew (%s); retrying", self.path, exc)
+                if not _lost_race(exc):
+                    # a network hiccup: the lease still runs, try again next round
+                    logger.warning("lock %s: could not renew (%s); retrying", self.path, exc)
 
     def release(self) -> bool:
         """Stop renewing and delete the lock object if it is still ours; True if the lock
@@ -392,17 +405,30 @@ class S3Lock:
             self._renewer.join()
         if self._lost.is_set():
             return True
-        try:
-            self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key, IfMatch=self.etag)
-        except OSError as exc:
-            if _lost_race(exc):
-                logger.error("lock %s: lost before release (taken over)", self.path)
-                return True
-            if _s3_error_code(exc) not in ("NotImplemented", "501", "InvalidArgument", "400"):
-                raise
-            # a store without conditional deletes: delete only what still names us
-            head = self._head()
-            if head is None or head.get("Metadata", {}).get("owner") != self.owner:
-                return True
-            self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key)
-        return False
+        for _ in range(3):
+            try:
+                self.fs.call_s3(
+                    "delete_object", Bucket=self.bucket, Key=self.key, IfMatch=self.etag
+                )
+                return False
+            except OSError as exc:
+                if isinstance(exc, FileNotFoundError) or _s3_error_code(exc) in (
+                    "NoSuchKey",
+                    "404",
+                ):
+                    # gone: within our lease only a retried DELETE of ours can have done it;
+                    # past it, another writer may have taken over and released
+                    return time.monotonic() - self.renewed > self.lease_s
+                if _lost_race(exc):
+                    if self._still_mine():
+                        continue  # ours with another ETag: delete that one
+                    logger.error("lock %s: lost before release (taken over)", self.path)
+                    return True
+                if _s3_error_code(exc) not in ("NotImplemented", "501", "InvalidArgument", "400"):
+                    raise
+                # a store without conditional deletes: delete only what still names us
+                if not self._still_mine():
+                    return True
+                self.fs.call_s3("delete_object", Bucket=self.bucket, Key=self.key)
+                return False
+        return True

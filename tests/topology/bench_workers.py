@@ -102,6 +102,7 @@ def main() -> None:
                     with ts.celery_workers(n, redis, env, folder) as started:
                         workers = [p for pid in started.pids for p in tree_pids(pid)]
                         cpu0, load0 = cpu_seconds(workers), os.getloadavg()[0]
+                        moto0 = cpu_seconds([s3.pid])
                         batch, decision = tj.register_attempt(str(data), root, str(settings))
                         run = tj.run_attempt(
                             "celery_graph_job",
@@ -114,21 +115,24 @@ def main() -> None:
                             executor,
                         )
                         cpu = cpu_seconds(workers) - cpu0
+                        moto = cpu_seconds([s3.pid]) - moto0
                         load1 = os.getloadavg()[0]
                     assert run.success, run.failure
                     steps = step_seconds(instance, run.run_id)
                     results[n].append((run.seconds, cpu))
                     print(
                         f"repeat {repeat} workers {n}: {run.seconds:.1f} s wall, worker CPU "
-                        f"{cpu:.1f} s, load {load0:.2f} -> {load1:.2f}; steps "
+                        f"{cpu:.1f} s, moto CPU {moto:.1f} s, load {load0:.2f} -> {load1:.2f}; steps "
                         + ", ".join(f"{k} {v:.1f}" for k, v in sorted(steps.items())),
                         flush=True,
                     )
             instance.dispose()
     one = statistics.median(s for s, _ in results[1])
     two = statistics.median(s for s, _ in results[2])
+    pairs = [a / b for (a, _), (b, _) in zip(results[1], results[2], strict=True)]
     print(
-        f"median wall: 1 worker {one:.1f} s, 2 workers {two:.1f} s, speedup {one / two:.2f}x "
+        f"median wall: 1 worker {one:.1f} s, 2 workers {two:.1f} s, speedup {one / two:.2f}x; "
+        f"per repeat {', '.join(f'{r:.2f}x' for r in pairs)} "
         f"(cores {os.cpu_count()}, load now {os.getloadavg()[0]:.2f})"
     )
 

@@ -425,7 +425,9 @@ def test_s3_lock_excludes_another_process(topology: Topology) -> None:
     )
 
 
-def test_s3_lock_of_a_killed_holder_is_taken_over_after_its_lease(topology: Topology) -> None:
+def test_s3_lock_of_a_dead_or_stalled_holder_is_taken_over_after_its_lease(
+    topology: Topology,
+) -> None:
     from upath import UPath
 
     from cohortflow.fsio import S3Lock
@@ -451,9 +453,24 @@ def test_s3_lock_of_a_killed_holder_is_taken_over_after_its_lease(topology: Topo
     assert orphan.took_over and 1.0 < orphan.waited_s < 8.0, orphan.waited_s
     assert orphan.release() is False
     assert not UPath(lock).exists()
+
+    # a holder stopped (SIGSTOP) past its lease loses the lock; resumed, its block ends in
+    # LockLostError instead of passing over files another writer may have rewritten
+    holder = _holder(lock, time.time(), "lock", 8.0)
+    assert holder.stdout.readline().strip() == "held"
+    holder.send_signal(signal.SIGSTOP)
+    thief = S3Lock(UPath(lock), lease_s=2.0)
+    thief.acquire()
+    assert thief.took_over
+    assert thief.release() is False
+    holder.send_signal(signal.SIGCONT)
+    _, stderr = holder.communicate(timeout=60)
+    assert holder.returncode != 0 and "LockLostError" in stderr, stderr[-2000:]
     REPORT.append(
         f"S3 lock lease (2 s): a live holder is waited for ({live.waited_s:.1f} s, no takeover); "
-        f"a SIGKILLed holder's lock is taken over after {orphan.waited_s:.1f} s"
+        f"a SIGKILLed holder's lock is taken over after {orphan.waited_s:.1f} s; a holder "
+        f"stopped past its lease is taken over after {thief.waited_s:.1f} s and, resumed, "
+        "fails with LockLostError"
     )
 
 

@@ -210,6 +210,7 @@ def redis() -> Iterator[Redis]:
 @dataclass(frozen=True)
 class S3:
     endpoint: str
+    pid: int  # the moto server's process
 
     @property
     def env(self) -> dict[str, str]:
@@ -234,7 +235,7 @@ def moto_s3() -> Iterator[S3]:
     )  # fmt: skip
     try:
         wait_for_port(port, proc, "moto server")
-        s3 = S3(f"http://{HOST}:{port}")
+        s3 = S3(f"http://{HOST}:{port}", proc.pid)
         with patched_env(s3.env):
             import s3fs
 
