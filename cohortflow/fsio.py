@@ -269,8 +269,11 @@ class S3Lock:
     the ETag it saw, so one waiter wins a takeover. Release: ``DELETE`` ``If-Match`` the
     holder's ETag, which never removes a lock someone else took over.
 
-    Needs S3's conditional writes (AWS since 2024; MinIO, moto); S3-compatible stores
-    without them refuse ``If-None-Match`` and the first acquire fails loudly.
+    Needs S3's conditional requests (AWS S3 since 2024, moto): a store that rejects them
+    fails the first acquire loudly, but one that ignores the headers would let two
+    writers in, so check an S3-compatible store first (tests/topology/test_topology.py).
+    A request of the holder that s3fs retried after it had gone through (412 on its own
+    ETag, 404 on its own delete) is recognised by the ``owner`` token and the lease.
     """
 
     def __init__(self, path: UPath, *, lease_s: float = LOCK_LEASE_S) -> None:

@@ -123,7 +123,11 @@ def main() -> None:
                     print(
                         f"repeat {repeat} workers {n}: {run.seconds:.1f} s wall, worker CPU "
                         f"{cpu:.1f} s, moto CPU {moto:.1f} s, load {load0:.2f} -> {load1:.2f}; steps "
-                        + ", ".join(f"{k} {v:.1f}" for k, v in sorted(steps.items())),
+                        + ", ".join(f"{k} {v:.1f}" for k, v in sorted(steps.items()))
+                        + f"; sum of steps {sum(steps.values()):.1f} s; by worker "
+                        + ", ".join(
+                            f"{k}->{v.split('-')[0]}" for k, v in sorted(run.workers.items())
+                        ),
                         flush=True,
                     )
             instance.dispose()

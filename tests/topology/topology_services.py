@@ -247,8 +247,14 @@ def moto_s3() -> Iterator[S3]:
 
 # ----------------------------------------------------------------------------- Celery
 def celery_config(redis_: Redis) -> dict:
-    """The celery_executor's config: broker and result backend on Redis (db 0 and 1)."""
-    return {"broker": redis_.url(0), "backend": redis_.url(1)}
+    """The celery_executor's config: broker and result backend on Redis (db 0 and 1);
+    a step's message is acknowledged when it ends, so a busy worker reserves no second
+    step while an idle one waits (with the CLI's --prefetch-multiplier=1)."""
+    return {
+        "broker": redis_.url(0),
+        "backend": redis_.url(1),
+        "config_source": {"task_acks_late": True},
+    }
 
 
 @dataclass(frozen=True)
