@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -131,6 +132,7 @@ def main() -> None:
                         flush=True,
                     )
             instance.dispose()
+    shutil.rmtree(folder, ignore_errors=True)
     one = statistics.median(s for s, _ in results[1])
     two = statistics.median(s for s, _ in results[2])
     pairs = [a / b for (a, _), (b, _) in zip(results[1], results[2], strict=True)]
