@@ -2,8 +2,9 @@
 
 Local roots keep a SQLite file at ``_index/cohorts.sqlite`` (WAL journal, busy timeout,
 retries: several processes may add at once). Other roots (object storage, ``memory://``)
-keep a JSON-lines file ``_index/cohorts.jsonl`` that is read and rewritten whole; it is
-meant for one writer at a time.
+keep a JSON-lines file ``_index/cohorts.jsonl`` that is read and rewritten whole, each
+rewrite under the index's lock (``_locks/index.lock``: a lease object on S3, see
+:func:`cohortflow.fsio.exclusive_lock`), so cluster workers adding at once lose no row.
 
 The index can always be rebuilt from the tree (:meth:`CohortIndex.rebuild`); it lists
 complete cohorts by default, like :func:`cohortflow.layout.walk_cohorts`.
@@ -12,6 +13,7 @@ complete cohorts by default, like :func:`cohortflow.layout.walk_cohorts`.
 from __future__ import annotations
 
 import builtins
+import functools
 import json
 import logging
 import sqlite3
@@ -21,7 +23,7 @@ from typing import Any, TypeVar
 
 from cohortflow.canonical import canonical_json
 from cohortflow.errors import ArtifactNotFoundError, StoreError
-from cohortflow.fsio import atomic_write_text, is_local, local_path, quarantine
+from cohortflow.fsio import atomic_write_text, exclusive_lock, is_local, local_path, quarantine
 from cohortflow.layout import (
     LAYOUT_CURRENT,
     LAYOUTS,
@@ -31,6 +33,7 @@ from cohortflow.layout import (
     as_root,
     index_path,
     is_readable,
+    lock_path,
     newest_first_key,
     parse_cohort_path,
     sort_key,
@@ -330,11 +333,24 @@ def _where(filters: Mapping[str, Any], include_incomplete: bool = True) -> tuple
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
-class _Jsonl:
-    """JSON-lines backend for object storage: read whole, rewritten whole (one writer)."""
+def _under_lock(method: Callable[..., T]) -> Callable[..., T]:
+    """A read-modify-write of the JSON-lines file, under the index's lock."""
 
-    def __init__(self, path: Any) -> None:
+    @functools.wraps(method)
+    def locked(self: _Jsonl, *args: Any) -> T:
+        with exclusive_lock(self.lock):
+            return method(self, *args)
+
+    return locked
+
+
+class _Jsonl:
+    """JSON-lines backend for object storage: read whole, rewritten whole, each
+    read-modify-write under ``lock`` (where the store can lock: S3)."""
+
+    def __init__(self, path: Any, lock: Any) -> None:
         self.path = path
+        self.lock = lock
 
     def exists(self) -> bool:
         return self.path.exists()
@@ -358,6 +374,7 @@ class _Jsonl:
             self.path, "".join(canonical_json(r, compact=True) + "\n" for r in ordered)
         )
 
+    @_under_lock
     def upsert(self, rows: list[dict[str, Any]]) -> None:
         current = self._load()
         for row in rows:
@@ -367,12 +384,14 @@ class _Jsonl:
             current[key] = row
         self._save(current)
 
+    @_under_lock
     def delete_rows(self, keys: list[tuple[str, str]]) -> None:
         current = self._load()
         for key in keys:
             current.pop(tuple(key), None)
         self._save(current)
 
+    @_under_lock
     def delete(self, filters: Mapping[str, Any]) -> int:
         current = self._load()
         gone = [k for k, r in current.items() if _matches(r, filters, True)]
@@ -388,6 +407,7 @@ class _Jsonl:
         """Matching records in :func:`cohortflow.layout.sort_key` order."""
         return sorted((_record(r) for r in self.query(filters, include_incomplete)), key=sort_key)
 
+    @_under_lock
     def replace_all(self, rows: list[dict[str, Any]], keep: Callable[[dict], bool]) -> int:
         old = self._load()
         new = {(r["cohort_id"], r["path"]): r for r in rows}
@@ -418,7 +438,7 @@ class CohortIndex:
             self._backend: _Sqlite | _Jsonl = _Sqlite(self.path, timeout_s)
         else:
             self.path = index_path(self.root, JSONL_NAME)
-            self._backend = _Jsonl(self.path)
+            self._backend = _Jsonl(self.path, lock_path(self.root, "index"))
 
     def __enter__(self) -> CohortIndex:
         return self
