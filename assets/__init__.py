@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from cohortflow_dagster.assets.data import build_data_assets
-from cohortflow_dagster.assets.report import build_report_assets
-from cohortflow_dagster.assets.targets import build_target_assets
 from dagster import AssetsDefinition
 
 from cohortflow.domain import target_name
 from cohortflow.settings import Settings
+from cohortflow_dagster.assets.data import build_data_assets
+from cohortflow_dagster.assets.report import build_report_assets
+from cohortflow_dagster.assets.targets import build_target_assets
 
 
 def build_assets(settings: Settings) -> list[AssetsDefinition]:

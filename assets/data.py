@@ -8,16 +8,16 @@ anything is written.
 """
 
 import pandas as pd
-from cohortflow_dagster.io_managers.keys import KIND_KEY, STEP_TAG
-from cohortflow_dagster.resources.cohortflow import CohortflowResource
 from dagster import AssetExecutionContext, AssetKey, AssetOut, AssetsDefinition, Output, multi_asset
 
 from cohortflow.domain import ArtifactKind, Step, roles_of
 from cohortflow.features import build_panel
 from cohortflow.intake import prepare_attempt
 from cohortflow.version import code_version
+from cohortflow_dagster.io_managers.keys import KIND_KEY, STEP_TAG
 from cohortflow_dagster.metadata import frame_facts, joined, table
 from cohortflow_dagster.partitions import attempt_partitions, key_of
+from cohortflow_dagster.resources.cohortflow import CohortflowResource
 
 K = ArtifactKind
 DESCRIPTIONS = {

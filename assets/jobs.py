@@ -7,10 +7,10 @@ large enough to run side by side, `cohortflow_parallel_job` uses the multiproces
 The jobs take their partitions from their assets (all batch × attempt).
 """
 
-from cohortflow_dagster.io_managers.keys import STEP_TAG
 from dagster import AssetSelection, define_asset_job, multiprocess_executor
 
 from cohortflow.domain import Step
+from cohortflow_dagster.io_managers.keys import STEP_TAG
 
 
 def _steps(*steps: Step) -> AssetSelection:

@@ -2,13 +2,13 @@
 
 from collections.abc import Sequence
 
-from cohortflow_dagster.io_managers.keys import KIND_KEY, STEP_TAG
 from dagster import AssetExecutionContext, AssetIn, AssetKey, AssetsDefinition, asset
 
 from cohortflow import plots, stages
 from cohortflow.domain import ArtifactKind, Step
 from cohortflow.store import CohortView
 from cohortflow.version import code_version
+from cohortflow_dagster.io_managers.keys import KIND_KEY, STEP_TAG
 from cohortflow_dagster.metadata import frame_facts, png, table
 from cohortflow_dagster.partitions import attempt_partitions
 

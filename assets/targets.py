@@ -12,14 +12,12 @@ reads target by target: data -> exclusions -> ranking -> importances -> features
 OOF -> stack -> evaluation.
 """
 
+import dataclasses
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pandas as pd
-from cohortflow_dagster.assets.checks import check_results, check_specs
-from cohortflow_dagster.io_managers.keys import KIND_KEY, LOAD_KEY, STEP_TAG
-from cohortflow_dagster.resources.cohortflow import CohortflowResource
 from dagster import (
     AssetExecutionContext,
     AssetIn,
@@ -36,8 +34,12 @@ from cohortflow.domain import ArtifactKind, AssetRole, Step, roles_of
 from cohortflow.features import Panel
 from cohortflow.store import AttemptKey, read_test_predictions
 from cohortflow.version import code_version
+from cohortflow_dagster.assets.checks import check_results, check_specs
+from cohortflow_dagster.io_managers.canonical_store import LAST_PANEL
+from cohortflow_dagster.io_managers.keys import KIND_KEY, LOAD_KEY, STEP_TAG
 from cohortflow_dagster.metadata import frame_facts, joined, num, numbers, png, table
 from cohortflow_dagster.partitions import attempt_partitions, key_of
+from cohortflow_dagster.resources.cohortflow import CohortflowResource
 
 K = ArtifactKind
 
@@ -129,6 +131,23 @@ class StepRun:
             stages.run_info(context.run.run_id),
         )
 
+    @classmethod
+    def reading_data(
+        cls,
+        context: AssetExecutionContext,
+        cohortflow: CohortflowResource,
+        step: Step,
+        target: str,
+        horizon: int,
+    ) -> "StepRun":
+        """A step that loads the attempt's panel (shared in process: LAST_PANEL) and what
+        its universe is (files and hashes, no bars) from the tree itself."""
+        store = cohortflow.store()
+        key = key_of(context.partition_key)
+        panel = LAST_PANEL.get(store, key)
+        universe = store.read(K.UNIVERSE_BARS, key, bars=False)
+        return cls(context, cohortflow, step, target, horizon, panel, universe)
+
     def wants(self, kind: ArtifactKind) -> bool:
         return self.keys[kind] in self.selected
 
@@ -146,6 +165,12 @@ class StepRun:
     def output(self, kind: ArtifactKind, value: Any, metadata: dict[str, Any]) -> Iterator[Output]:
         if self.wants(kind):
             yield Output(value, output_name=kind.value, metadata=metadata)
+
+    def snapshots(self, kind: ArtifactKind, compute: Callable[[], Any]) -> Iterator[Output]:
+        """The stage's cohort snapshots, when selected (they are never read back)."""
+        if self.wants(kind):
+            snaps = compute()
+            yield from self.output(kind, snaps, _snapshot_meta(snaps))
 
     def checks(self) -> Iterator[Any]:
         yield from check_results(
@@ -302,9 +327,17 @@ def _portfolio_meta(t: stages.TargetAttempt, doc: dict[str, Any]) -> dict[str, A
 
 # --------------------------------------------------------------------------- the factory
 def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
-    """The three stage steps of one target, keyed under ``[target, ...]``."""
+    """The three stage steps of one target, keyed under ``[target, ...]``.
+
+    Lineage: each artifact depends on the one before it in the stage chain (data ->
+    exclusions -> ranking snapshots; exclusions -> importances -> featureset -> selection
+    snapshots; featureset -> OOF -> stack -> evaluation, portfolio -> training snapshots),
+    so the graph reads as a line per target. The later steps also read the attempt's panel
+    and universe; they load them from the tree themselves rather than draw an edge from
+    the data to every artifact.
+    """
     panel_in = {"feature_panel": AssetIn(key=PANEL)}
-    # the stages need what the universe is (signature, file hashes), not its bars
+    # the ranking stage needs what the universe is (signature, file hashes), not its bars
     files_in = {"universe_bars": AssetIn(key=BARS, metadata={LOAD_KEY: "files"})}
 
     def own(kind: ArtifactKind) -> dict[str, AssetIn]:
@@ -325,14 +358,13 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
         )
 
     key = {role.kind: asset_key(role, target) for role in (r for s in Step for r in roles_of(s))}
-    upstream = {PANEL, BARS}
 
     @step_asset(
         Step.TARGET_RANKING,
         {**panel_in, **files_in},
         {
-            K.EXCLUSIONS.value: upstream,
-            K.RANKING_SNAPSHOTS.value: upstream | {key[K.EXCLUSIONS]},
+            K.EXCLUSIONS.value: {PANEL, BARS},
+            K.RANKING_SNAPSHOTS.value: {key[K.EXCLUSIONS]},
         },
     )
     def target_ranking(
@@ -351,75 +383,55 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
             if t.attempt > 0:
                 earlier = run.store.read(K.EXCLUSIONS, AttemptKey(t.batch, t.attempt - 1, target))
                 previous = stages.cross_sectional(earlier)
-            with_bars = stages.TargetAttempt(
-                target, horizon, t.batch, t.attempt, t.settings, t.panel,
-                run.store.read(K.UNIVERSE_BARS, AttemptKey(t.batch, t.attempt)), t.run,
-            )  # fmt: skip
+            with_bars = dataclasses.replace(
+                t, universe=run.store.read(K.UNIVERSE_BARS, AttemptKey(t.batch, t.attempt))
+            )
             return stages.find_exclusions(with_bars, previous)
 
         excl = run.get(K.EXCLUSIONS, exclusions)
         yield from run.output(
             K.EXCLUSIONS, excl, _exclusions_meta(excl, joined(t.universe.symbols))
         )
-        if run.wants(K.RANKING_SNAPSHOTS):
-            snaps = run.get(K.RANKING_SNAPSHOTS, lambda: stages.rank(t, excl))
-            yield from run.output(K.RANKING_SNAPSHOTS, snaps, _snapshot_meta(snaps))
+        yield from run.snapshots(K.RANKING_SNAPSHOTS, lambda: stages.rank(t, excl))
         yield from run.checks()
 
     @step_asset(
         Step.FEATURE_SELECTION,
-        {**panel_in, **files_in, **own(K.EXCLUSIONS)},
+        own(K.EXCLUSIONS),
         {
-            K.IMPORTANCES.value: {PANEL, key[K.EXCLUSIONS]},
-            K.FEATURESETS.value: {PANEL, key[K.EXCLUSIONS], key[K.IMPORTANCES]},
-            K.SELECTION_SNAPSHOTS.value: upstream
-            | {key[K.EXCLUSIONS], key[K.IMPORTANCES], key[K.FEATURESETS]},
+            K.IMPORTANCES.value: {key[K.EXCLUSIONS]},
+            K.FEATURESETS.value: {key[K.IMPORTANCES]},
+            K.SELECTION_SNAPSHOTS.value: {key[K.FEATURESETS]},
         },
     )
     def feature_selection(
-        context: AssetExecutionContext,
-        cohortflow: CohortflowResource,
-        feature_panel: Panel,
-        universe_bars: Universe,
-        feature_exclusions: dict,
+        context: AssetExecutionContext, cohortflow: CohortflowResource, feature_exclusions: dict
     ):
-        run = StepRun(
-            context, cohortflow, Step.FEATURE_SELECTION, target, horizon, feature_panel,
-            universe_bars,
-        )  # fmt: skip
+        run = StepRun.reading_data(context, cohortflow, Step.FEATURE_SELECTION, target, horizon)
         t, excl = run.t, feature_exclusions
         imps = run.get(K.IMPORTANCES, lambda: stages.importances(t, excl))
         yield from run.output(K.IMPORTANCES, imps, _importance_meta(t, imps))
         if run.wants(K.FEATURESETS) or run.wants(K.SELECTION_SNAPSHOTS):
             fsets = run.get(K.FEATURESETS, lambda: stages.featuresets(t, imps, excl))
             yield from run.output(K.FEATURESETS, fsets, _featureset_meta(fsets))
-            if run.wants(K.SELECTION_SNAPSHOTS):
-                snaps = stages.selection_snapshots(t, imps, fsets, excl)
-                yield from run.output(K.SELECTION_SNAPSHOTS, snaps, _snapshot_meta(snaps))
+            yield from run.snapshots(
+                K.SELECTION_SNAPSHOTS, lambda: stages.selection_snapshots(t, imps, fsets, excl)
+            )
         yield from run.checks()
 
     @step_asset(
         Step.TRAINING,
-        {**panel_in, **files_in, **own(K.FEATURESETS)},
+        own(K.FEATURESETS),
         {
-            K.OOF.value: {PANEL, key[K.FEATURESETS]},
-            K.STACKING.value: {PANEL, key[K.FEATURESETS], key[K.OOF]},
-            K.EVALUATION.value: {PANEL, key[K.STACKING]},
-            K.PORTFOLIO.value: {PANEL, key[K.STACKING]},
-            K.TRAINING_SNAPSHOTS.value: upstream
-            | {key[K.FEATURESETS], key[K.OOF], key[K.EVALUATION], key[K.PORTFOLIO]},
+            K.OOF.value: {key[K.FEATURESETS]},
+            K.STACKING.value: {key[K.OOF]},
+            K.EVALUATION.value: {key[K.STACKING]},
+            K.PORTFOLIO.value: {key[K.STACKING]},
+            K.TRAINING_SNAPSHOTS.value: {key[K.EVALUATION], key[K.PORTFOLIO]},
         },
     )
-    def training(
-        context: AssetExecutionContext,
-        cohortflow: CohortflowResource,
-        feature_panel: Panel,
-        universe_bars: Universe,
-        featureset: dict,
-    ):
-        run = StepRun(
-            context, cohortflow, Step.TRAINING, target, horizon, feature_panel, universe_bars
-        )
+    def training(context: AssetExecutionContext, cohortflow: CohortflowResource, featureset: dict):
+        run = StepRun.reading_data(context, cohortflow, Step.TRAINING, target, horizon)
         t = run.t
         needs_oof = run.wants(K.OOF) or run.wants(K.STACKING) or run.wants(K.TRAINING_SNAPSHOTS)
         oof = run.get(K.OOF, lambda: stages.oof_dataset(t, featureset)) if needs_oof else None
@@ -437,9 +449,10 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
             yield from run.output(K.EVALUATION, report, _evaluation_meta(report))
             folio = run.get(K.PORTFOLIO, lambda: stages.portfolio(t, saved))
             yield from run.output(K.PORTFOLIO, folio, _portfolio_meta(t, folio))
-            if run.wants(K.TRAINING_SNAPSHOTS):
-                snaps = stages.training_snapshots(t, featureset, oof, report, folio)
-                yield from run.output(K.TRAINING_SNAPSHOTS, snaps, _snapshot_meta(snaps))
+            yield from run.snapshots(
+                K.TRAINING_SNAPSHOTS,
+                lambda: stages.training_snapshots(t, featureset, oof, report, folio),
+            )
         yield from run.checks()
 
     return [target_ranking, feature_selection, training]

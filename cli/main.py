@@ -227,8 +227,14 @@ def cmd_cohorts_diff(args: argparse.Namespace) -> int:
 def cmd_reindex(args: argparse.Namespace) -> int:
     from cohortflow.index import CohortIndex
 
-    count = CohortIndex(args.root).rebuild()
-    print(f"indexed {count} cohorts under {args.root}")
+    problems: list[str] = []
+    count = CohortIndex(args.root).rebuild(problems)
+    for line in problems:
+        print(f"skipped: {line}")
+    print(
+        f"indexed {count} cohorts under {args.root}"
+        + (f"; skipped {len(problems)}" if problems else "")
+    )
     return 0
 
 
@@ -292,7 +298,7 @@ def cmd_stack(args: argparse.Namespace) -> int:
         else stack_runs_dir(args.root, batch, args.attempt, args.target)
     )
     run_id = args.output_name or new_run_id()
-    files = fit_stack(data, settings, run_id)
+    files = fit_stack(data, settings, run_id, args.root)
     folder = unique_run_dir(parent, run_id)
     atomic_write_many([(run_file(folder, name), payload) for name, payload in files.items()])
     _say(f"meta-learner fitted on {data.metadata['rows']} OOF rows of {data.metadata['path']}")
@@ -354,22 +360,23 @@ def build_parser() -> argparse.ArgumentParser:
     mig.add_argument("--to", dest="new", required=True)
     mig.set_defaults(fn=cmd_migrate)
 
-    sd = sub.add_parser("stacking-data", help="the OOF dataset of a batch × attempt × target")
-    sd.add_argument("--root", default=root_default)
-    sd.add_argument("--batch", required=True)
-    sd.add_argument("--attempt", type=int, required=True)
-    sd.add_argument("--target", required=True)
+    def attempt_parser(name: str, help: str) -> argparse.ArgumentParser:
+        """A command on one batch × attempt × target of a root."""
+        cmd = sub.add_parser(name, help=help)
+        cmd.add_argument("--root", default=root_default)
+        cmd.add_argument("--batch", required=True)
+        cmd.add_argument("--attempt", type=int, required=True)
+        cmd.add_argument("--target", required=True)
+        return cmd
+
+    sd = attempt_parser("stacking-data", "the OOF dataset of a batch × attempt × target")
     sd.add_argument("--export", help="copy it into a new folder under this one")
     sd.add_argument("--output-name", help="name of that folder (default: a new run id)")
     sd.set_defaults(fn=cmd_stacking_data)
 
-    st = sub.add_parser(
-        "stack", help="fit the meta-learner on a stored OOF dataset into a new run folder"
+    st = attempt_parser(
+        "stack", "fit the meta-learner on a stored OOF dataset into a new run folder"
     )
-    st.add_argument("--root", default=root_default)
-    st.add_argument("--batch", required=True)
-    st.add_argument("--attempt", type=int, required=True)
-    st.add_argument("--target", required=True)
     st.add_argument("--out", help="parent folder of the run folder (default: ROOT/stacks/...)")
     st.add_argument("--output-name", help="name of the run folder (default: a new run id)")
     st.set_defaults(fn=cmd_stack)

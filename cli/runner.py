@@ -97,9 +97,14 @@ def run_universe(
     """Register the folder's universe and run the attempts it needs (see the module
     docstring). ``on_step(step, partition, seconds, done, total)`` is called as each step
     of a run finishes."""
+    from dagster import build_reconstructable_job
+
     from cohortflow_dagster.partitions import attempt_dim_partitions, batch_partitions
-    from cohortflow_dagster.resources.home import ensure_dagster_home, export_runs_at_once
-    from dagster import DagsterInstance, build_reconstructable_job
+    from cohortflow_dagster.resources.home import (
+        ensure_dagster_home,
+        export_runs_at_once,
+        open_instance,
+    )
 
     home = ensure_dagster_home()
     export_runs_at_once(home)
@@ -135,7 +140,7 @@ def run_universe(
     )
     outcomes: list[AttemptOutcome] = []
     message = ""
-    with DagsterInstance.get() as instance:
+    with open_instance(home) as instance:
         instance.add_dynamic_partitions(batch_partitions.name, [batch])
         while True:
             record = BatchRegistry(output_root).get(batch)
@@ -185,9 +190,10 @@ def _run_attempt(
     log_level: str,
     on_step: Callable[[str, str, float, int, int], None] | None,
 ) -> AttemptOutcome:
+    from dagster import execute_job
+
     from cohortflow_dagster.partitions import attempt_key, attempt_partitions
     from cohortflow_dagster.sensors.runs import run_tags
-    from dagster import execute_job
 
     attempt = decision.attempt
     partition = str(attempt_key(batch, attempt))

@@ -2,8 +2,9 @@
 
 Local roots keep a SQLite file at ``_index/cohorts.sqlite`` (WAL journal, busy timeout,
 retries: several processes may add at once). Other roots (object storage, ``memory://``)
-keep a JSON-lines file ``_index/cohorts.jsonl`` that is read and rewritten whole; it is
-meant for one writer at a time.
+keep a JSON-lines file ``_index/cohorts.jsonl`` that is read and rewritten whole, each
+rewrite under the index's lock (``_locks/index.lock``: a lease object on S3, see
+:func:`cohortflow.fsio.exclusive_lock`), so cluster workers adding at once lose no row.
 
 The index can always be rebuilt from the tree (:meth:`CohortIndex.rebuild`); it lists
 complete cohorts by default, like :func:`cohortflow.layout.walk_cohorts`.
@@ -12,6 +13,7 @@ complete cohorts by default, like :func:`cohortflow.layout.walk_cohorts`.
 from __future__ import annotations
 
 import builtins
+import functools
 import json
 import logging
 import sqlite3
@@ -21,7 +23,7 @@ from typing import Any, TypeVar
 
 from cohortflow.canonical import canonical_json
 from cohortflow.errors import ArtifactNotFoundError, StoreError
-from cohortflow.fsio import atomic_write_text, is_local, local_path, quarantine
+from cohortflow.fsio import atomic_write_text, exclusive_lock, is_local, local_path, quarantine
 from cohortflow.layout import (
     LAYOUT_CURRENT,
     LAYOUTS,
@@ -31,6 +33,7 @@ from cohortflow.layout import (
     as_root,
     index_path,
     is_readable,
+    lock_path,
     newest_first_key,
     parse_cohort_path,
     sort_key,
@@ -334,11 +337,24 @@ def _where(filters: Mapping[str, Any], include_incomplete: bool = True) -> tuple
     return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
 
 
-class _Jsonl:
-    """JSON-lines backend for object storage: read whole, rewritten whole (one writer)."""
+def _under_lock(method: Callable[..., T]) -> Callable[..., T]:
+    """A read-modify-write of the JSON-lines file, under the index's lock."""
 
-    def __init__(self, path: Any) -> None:
+    @functools.wraps(method)
+    def locked(self: _Jsonl, *args: Any) -> T:
+        with exclusive_lock(self.lock):
+            return method(self, *args)
+
+    return locked
+
+
+class _Jsonl:
+    """JSON-lines backend for object storage: read whole, rewritten whole, each
+    read-modify-write under ``lock`` (where the store can lock: S3)."""
+
+    def __init__(self, path: Any, lock: Any) -> None:
         self.path = path
+        self.lock = lock
 
     def exists(self) -> bool:
         return self.path.exists()
@@ -362,6 +378,7 @@ class _Jsonl:
             self.path, "".join(canonical_json(r, compact=True) + "\n" for r in ordered)
         )
 
+    @_under_lock
     def upsert(self, rows: list[dict[str, Any]]) -> None:
         current = self._load()
         for row in rows:
@@ -371,12 +388,14 @@ class _Jsonl:
             current[key] = row
         self._save(current)
 
+    @_under_lock
     def delete_rows(self, keys: list[tuple[str, str]]) -> None:
         current = self._load()
         for key in keys:
             current.pop(tuple(key), None)
         self._save(current)
 
+    @_under_lock
     def delete(self, filters: Mapping[str, Any]) -> int:
         current = self._load()
         gone = [k for k, r in current.items() if _matches(r, filters, True)]
@@ -392,6 +411,7 @@ class _Jsonl:
         """Matching records in :func:`cohortflow.layout.sort_key` order."""
         return sorted((_record(r) for r in self.query(filters, include_incomplete)), key=sort_key)
 
+    @_under_lock
     def replace_all(self, rows: list[dict[str, Any]], keep: Callable[[dict], bool]) -> int:
         old = self._load()
         new = {(r["cohort_id"], r["path"]): r for r in rows}
@@ -422,7 +442,7 @@ class CohortIndex:
             self._backend: _Sqlite | _Jsonl = _Sqlite(self.path, timeout_s)
         else:
             self.path = index_path(self.root, JSONL_NAME)
-            self._backend = _Jsonl(self.path)
+            self._backend = _Jsonl(self.path, lock_path(self.root, "index"))
 
     def __enter__(self) -> CohortIndex:
         return self
@@ -442,15 +462,18 @@ class CohortIndex:
         try:
             return op()
         except IndexUnusable as exc:
-            moved = quarantine(self.path)
-            logger.warning(
-                "cohort index %s is unusable (%s); kept as %s and rebuilt from the tree",
-                self.path,
-                exc,
-                moved,
-            )
+            self._set_aside(exc)
             self._rebuild()
             return op()
+
+    def _set_aside(self, exc: Exception) -> None:
+        moved = quarantine(self.path)
+        logger.warning(
+            "cohort index %s is unusable (%s); kept as %s and rebuilt from the tree",
+            self.path,
+            exc,
+            moved,
+        )
 
     def add(self, record: CohortRecord, summary: Mapping[str, Any] | None = None) -> None:
         """Insert or update one cohort (keyed by cohort id and path).
@@ -595,19 +618,29 @@ class CohortIndex:
             self.add_many(found)
         return len(found)
 
-    def rebuild(self) -> int:
+    def rebuild(self, problems: builtins.list[str] | None = None) -> int:
         """Replace the contents with a walk of the tree (complete cohorts); returns the count.
 
         Survives any index file: one that cannot be read is set aside first. The
         replacement is one transaction, so readers see the old index or the new one.
         Rows added while the walk ran are kept if their folder exists and is complete, and
-        stored summaries survive for cohorts that are still there.
+        stored summaries survive for cohorts that are still there. ``problems``: gets one
+        line per cohort left out because its metadata.json is malformed.
         """
-        return self._guarded(self._rebuild)
+        found: builtins.list[str] = []
+        try:
+            count = self._rebuild(found)
+        except IndexUnusable as exc:
+            self._set_aside(exc)
+            found.clear()
+            count = self._rebuild(found)
+        if problems is not None:
+            problems.extend(found)
+        return count
 
-    def _rebuild(self) -> int:
+    def _rebuild(self, problems: builtins.list[str] | None = None) -> int:
         t0 = time.monotonic()
-        rows = [_row(r, None) for r in walk_cohorts(self.root)]
+        rows = [_row(r, None) for r in walk_cohorts(self.root, problems=problems)]
         count = self._backend.replace_all(rows, self._still_there)
         logger.info(
             "rebuilt cohort index %s: %d cohorts in %.1f s", self.path, count, time.monotonic() - t0

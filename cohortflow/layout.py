@@ -25,7 +25,7 @@ import os
 import re
 import secrets
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path, PurePath, PurePosixPath
 from typing import Any, TypeVar
@@ -34,7 +34,7 @@ from upath import UPath
 
 from cohortflow.canonical import fingerprint
 from cohortflow.domain import Stage, View
-from cohortflow.errors import InvalidNameError, StoreError
+from cohortflow.errors import CorruptFileError, InvalidNameError, StoreError
 from cohortflow.fsio import is_local, local_path
 from cohortflow.names import validate_name, validate_symbol
 
@@ -186,6 +186,13 @@ def unique_run_dir(parent: P, name: str | None = None) -> P:
     except FileExistsError as exc:
         raise StoreError(f"run folder {path} already exists; refusing to reuse it") from exc
     return path
+
+
+def marker_file(folder: P, name: str) -> P:
+    """A marker of a folder that holds cohort folders (``_COMPLETE``, ``_IN_PROGRESS``)."""
+    if name not in (COMPLETE_MARKER, PROGRESS_MARKER):
+        raise InvalidNameError(f"invalid marker {name!r}")
+    return folder / name
 
 
 def cohort_file(cohort_dir: P, name: str) -> P:
@@ -573,20 +580,6 @@ def newest_first_key(record: CohortRecord) -> tuple[Any, ...]:
 # --------------------------------------------------------------------------- parsing
 
 
-@dataclass(frozen=True)
-class _Parsed:
-    parts: tuple[str, ...]
-    cohort_id: str
-    target: str
-    stage: str
-    view: str
-    batch: str | None
-    universe_sig: str | None
-    symbol: str | None
-    attempt: int
-    layout: str
-
-
 def _is_name(kind: str, value: str) -> bool:
     try:
         validate_name(kind, value)
@@ -595,7 +588,7 @@ def _is_name(kind: str, value: str) -> bool:
     return True
 
 
-def _parse_parts(parts: tuple[str, ...]) -> _Parsed | None:
+def _parse_parts(parts: tuple[str, ...]) -> CohortRecord | None:
     """Structure of a cohort folder from its parts relative to the root; None if not one."""
     if len(parts) < 6 or parts[0] != "targets" or parts[2] != "reproducibility":
         return None
@@ -643,8 +636,8 @@ def _parse_parts(parts: tuple[str, ...]) -> _Parsed | None:
         layout = LAYOUT_LEGACY_UNIVERSE
     else:
         return None
-    return _Parsed(
-        parts=parts,
+    # what the path alone says; _record adds the markers' state and the metadata's signature
+    return CohortRecord(
         cohort_id=cid,
         target=target,
         stage=stage,
@@ -654,6 +647,7 @@ def _parse_parts(parts: tuple[str, ...]) -> _Parsed | None:
         symbol=symbol,
         attempt=attempt,
         layout=layout,
+        path="/".join(parts),
     )
 
 
@@ -695,6 +689,7 @@ def _exists(path: Any) -> bool:
 
 
 def _read_json(path: Any) -> Any:
+    """A JSON document (None if absent); CorruptFileError naming the file if malformed."""
     try:
         if isinstance(path, str) or is_local(path):
             with open(path if isinstance(path, str) else local_path(path), encoding="utf-8") as fh:
@@ -702,9 +697,12 @@ def _read_json(path: Any) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
+    except json.JSONDecodeError as exc:
+        raise CorruptFileError(
+            path, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
     except (OSError, ValueError) as exc:
-        logger.warning("unreadable %s: %s", path, exc)
-        return None
+        raise CorruptFileError(path, f"unreadable: {exc}") from None
 
 
 def _metadata_sig(metadata_path: Any) -> str | None:
@@ -740,46 +738,48 @@ def folder_state(folder: Any) -> tuple[bool, str]:
 
 
 def _attempt_state(
-    tree: _Tree, parsed: _Parsed, cache: dict[tuple[str, ...], tuple[bool, str]]
+    tree: _Tree, parsed: CohortRecord, cache: dict[tuple[str, ...], tuple[bool, str]]
 ) -> tuple[bool, str]:
-    container = parsed.parts[:-1]
+    container = tuple(parsed.container_path().split("/"))
     if container not in cache:
         cache[container] = attempt_state(lambda name: _exists(tree.at((*container, name))))
     return cache[container]
 
 
-def _record(tree: _Tree, parsed: _Parsed, state: tuple[bool, str]) -> CohortRecord:
+def _record(
+    tree: _Tree,
+    parsed: CohortRecord,
+    state: tuple[bool, str],
+    problems: list[str] | None = None,
+) -> CohortRecord | None:
+    """The record of a parsed cohort folder. A malformed metadata.json is named in
+    ``problems`` and the cohort left out when a list is given; else it is logged and the
+    cohort kept without the universe signature its metadata would give."""
     universe_sig = parsed.universe_sig
-    meta_sig = _metadata_sig(tree.at((*parsed.parts, METADATA_FILE)))
+    try:
+        meta_sig = _metadata_sig(tree.at((*parsed.path.split("/"), METADATA_FILE)))
+    except CorruptFileError as exc:
+        if problems is not None:
+            problems.append(str(exc))
+            return None
+        logger.warning("%s", exc)
+        meta_sig = None
     if universe_sig is None:
         universe_sig = meta_sig
     elif meta_sig is not None and meta_sig != universe_sig:
         logger.warning(
             "%s: metadata universe_sig %s differs from the folder's; the folder wins",
-            "/".join(parsed.parts),
+            parsed.path,
             meta_sig,
         )
     if universe_sig is not None and parsed.batch is not None and universe_sig[:12] != parsed.batch:
         logger.warning(
             "%s: universe_sig %s does not start with batch %s",
-            "/".join(parsed.parts),
+            parsed.path,
             universe_sig,
             parsed.batch,
         )
-    return CohortRecord(
-        cohort_id=parsed.cohort_id,
-        target=parsed.target,
-        stage=parsed.stage,
-        view=parsed.view,
-        batch=parsed.batch,
-        universe_sig=universe_sig,
-        symbol=parsed.symbol,
-        attempt=parsed.attempt,
-        layout=parsed.layout,
-        path="/".join(parsed.parts),
-        complete=state[0],
-        origin=state[1],
-    )
+    return replace(parsed, universe_sig=universe_sig, complete=state[0], origin=state[1])
 
 
 def parse_cohort_path(root: Any, cohort_dir: Any) -> CohortRecord | None:
@@ -837,7 +837,11 @@ def _cohort_parts(tree: _Tree, view_parts: tuple[str, ...]) -> Iterator[tuple[st
 
 
 def walk_cohorts(
-    root: Any, *, include_incomplete: bool = False, target: str | None = None
+    root: Any,
+    *,
+    include_incomplete: bool = False,
+    target: str | None = None,
+    problems: list[str] | None = None,
 ) -> Iterator[CohortRecord]:
     """Every cohort under ``root`` in every layout, by walking the tree (the slow path).
 
@@ -867,7 +871,9 @@ def walk_cohorts(
                         continue
                     state = _attempt_state(tree, parsed, cache)
                     if state[0] or include_incomplete:
-                        records.append(_record(tree, parsed, state))
+                        record = _record(tree, parsed, state, problems)
+                        if record is not None:
+                            records.append(record)
                 yield from sorted(records, key=sort_key)
 
 

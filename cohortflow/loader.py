@@ -209,17 +209,52 @@ def export_stacking_data(data: StackingData, parent: Any, name: str | None = Non
     return folder
 
 
-def fit_stack(data: StackingData, settings: Any, run_id: str) -> dict[str, bytes]:
+def oof_label_end(root: Any, data: StackingData, horizon: int) -> tuple[Any, str]:
+    """Each OOF row's label end (the timestamp of its symbol's bar ``horizon`` bars later),
+    which the walk-forward validation purges on: from the attempt's stored feature panel,
+    else, where that is gone, the row ``horizon`` OOF rows later of the same symbol (the
+    OOF rows are every labelled training bar). Returns the array and where it came from."""
+    import numpy as np
+
+    from cohortflow.domain import ArtifactKind
+    from cohortflow.store import AttemptKey
+
+    frame = data.frame[["timestamp", "symbol"]].astype({"symbol": str})
+    column = f"label_end_{int(horizon)}"
+    try:
+        panel = (
+            Store(root)
+            .read(
+                ArtifactKind.FEATURE_PANEL,
+                AttemptKey(data.metadata["batch"], data.metadata["attempt"]),
+            )
+            .frame
+        )
+        ends = panel[["timestamp", "symbol", column]].astype({"symbol": str})
+        found = frame.merge(ends, on=["timestamp", "symbol"], how="left", validate="many_to_one")
+        if not found[column].isna().any():
+            return found[column].to_numpy(dtype="datetime64[ns]"), "the attempt's feature panel"
+    except (ArtifactNotFoundError, KeyError):
+        pass
+    later = frame.groupby("symbol", sort=False)["timestamp"].shift(-int(horizon))
+    return np.asarray(later.to_numpy(dtype="datetime64[ns]")), "the OOF rows of each symbol"
+
+
+def fit_stack(data: StackingData, settings: Any, run_id: str, root: Any) -> dict[str, bytes]:
     """The meta-learner fitted on a stored OOF dataset, without regenerating it: its
-    penalty chosen by walk-forward validation over the OOF dates (as the graph does), then
-    fitted on every OOF row. Returns the files of a stack run folder: ``meta_learner.json``
-    and ``model_card.json`` (naming the OOF file and its sha256)."""
+    penalty chosen by walk-forward validation over the OOF dates (purged on each row's
+    label end, as the graph does), then fitted on every OOF row. Returns the files of a
+    stack run folder: ``meta_learner.json`` and ``model_card.json`` (naming the OOF file
+    and its sha256)."""
     from cohortflow.stacking import fit_meta_learner
 
     meta = data.metadata
     plan = meta.get("fold_plan") or {}
     horizon = int(plan.get("horizon") or int(str(meta["target"]).rsplit("_", 1)[-1]))
-    learner, validation = fit_meta_learner(data.frame, meta["models"], horizon, settings)
+    label_end, label_source = oof_label_end(root, data, horizon)
+    learner, validation = fit_meta_learner(
+        data.frame, meta["models"], horizon, settings, label_end=label_end
+    )
     card = {
         "run": run_id,
         "source": {
@@ -237,6 +272,7 @@ def fit_stack(data: StackingData, settings: Any, run_id: str) -> dict[str, bytes
         "validation": {
             "chosen_alpha": validation["chosen_alpha"],
             "mean_scores": validation["mean_scores"],
+            "label_end_from": label_source,
         },
         "settings": {
             "meta_learner": settings.meta_learner,

@@ -310,7 +310,38 @@ def _check_int(name: str, value: Any, minimum: int) -> int:
 # --------------------------------------------------------------------------- splitters
 
 
-class PurgedKFold(GroupsConsumerMixin, BaseCrossValidator):
+class _DateSplitter(GroupsConsumerMixin, BaseCrossValidator):
+    """What both date splitters share: ``split`` takes the row timestamps as ``groups``
+    (plus ``label_end`` and ``symbols``) and yields the rows of each fold's dates."""
+
+    __metadata_request__split = {"groups": True, "label_end": True, "symbols": True}
+    n_splits: int
+    horizon: int
+
+    def get_n_splits(self, X: Any = None, y: Any = None, groups: Any = None) -> int:
+        """Number of folds (``n_splits``)."""
+        return self.n_splits
+
+    def split(
+        self, X: Any, y: Any = None, groups: Any = None, label_end: Any = None, symbols: Any = None
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(train_rows, test_rows)`` index arrays, one pair per fold."""
+        grid = self._grid(X, groups, label_end, symbols)
+        for dates in self._fold_dates(grid):
+            yield grid.rows(dates.train), grid.rows(dates.test)
+
+    def _grid(self, X: Any, groups: Any, label_end: Any, symbols: Any) -> _Grid:
+        if groups is None:
+            raise ValueError(
+                f"{type(self).__name__} splits on dates: pass groups= the row timestamps"
+            )
+        return build_grid(groups, label_end, self.horizon, _n_samples(X), symbols)
+
+    def _fold_dates(self, grid: _Grid) -> Iterator[FoldDates]:
+        raise NotImplementedError
+
+
+class PurgedKFold(_DateSplitter):
     """K-fold over dates with purging and an embargo (López de Prado, AFML ch. 7).
 
     The sorted unique dates are cut into ``n_splits`` contiguous test blocks (the first
@@ -354,8 +385,6 @@ class PurgedKFold(GroupsConsumerMixin, BaseCrossValidator):
     5
     """
 
-    __metadata_request__split = {"groups": True, "label_end": True, "symbols": True}
-
     def __init__(self, n_splits: int = 5, horizon: int = 1, embargo: int | None = None) -> None:
         self.n_splits = _check_int("n_splits", n_splits, 2)
         self.horizon = _check_int("horizon", horizon, 1)
@@ -365,25 +394,6 @@ class PurgedKFold(GroupsConsumerMixin, BaseCrossValidator):
     def embargo_bars(self) -> int:
         """Bars of each symbol dropped from training after the purged span of a test block."""
         return self.horizon if self.embargo is None else self.embargo
-
-    def get_n_splits(self, X: Any = None, y: Any = None, groups: Any = None) -> int:
-        """Number of folds (``n_splits``)."""
-        return self.n_splits
-
-    def split(
-        self, X: Any, y: Any = None, groups: Any = None, label_end: Any = None, symbols: Any = None
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield ``(train_rows, test_rows)`` index arrays, one pair per fold."""
-        grid = self._grid(X, groups, label_end, symbols)
-        for dates in self._fold_dates(grid):
-            yield grid.rows(dates.train), grid.rows(dates.test)
-
-    def _grid(self, X: Any, groups: Any, label_end: Any, symbols: Any) -> _Grid:
-        if groups is None:
-            raise ValueError(
-                f"{type(self).__name__} splits on dates: pass groups= the row timestamps"
-            )
-        return build_grid(groups, label_end, self.horizon, _n_samples(X), symbols)
 
     def _fold_dates(self, grid: _Grid) -> Iterator[FoldDates]:
         if grid.n_dates < self.n_splits:
@@ -408,7 +418,7 @@ class PurgedKFold(GroupsConsumerMixin, BaseCrossValidator):
         return purge_and_embargo(test, grid, self.embargo_bars)
 
 
-class WalkForward(GroupsConsumerMixin, BaseCrossValidator):
+class WalkForward(_DateSplitter):
     """Walk-forward over dates: an expanding training window, then a test block after it.
 
     The first ``ceil(min_train_fraction * n_dates)`` dates only train; the dates after them
@@ -441,8 +451,6 @@ class WalkForward(GroupsConsumerMixin, BaseCrossValidator):
     [(9, 12, 15), (13, 16, 19)]
     """
 
-    __metadata_request__split = {"groups": True, "label_end": True, "symbols": True}
-
     def __init__(
         self,
         n_splits: int = 5,
@@ -465,24 +473,6 @@ class WalkForward(GroupsConsumerMixin, BaseCrossValidator):
     def embargo_bars(self) -> int:
         """Bars kept out of training next to a test block: the gap (recorded in fold plans)."""
         return self.gap_bars
-
-    def get_n_splits(self, X: Any = None, y: Any = None, groups: Any = None) -> int:
-        return self.n_splits
-
-    def split(
-        self, X: Any, y: Any = None, groups: Any = None, label_end: Any = None, symbols: Any = None
-    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield ``(train_rows, test_rows)`` index arrays, one pair per test block."""
-        grid = self._grid(X, groups, label_end, symbols)
-        for dates in self._fold_dates(grid):
-            yield grid.rows(dates.train), grid.rows(dates.test)
-
-    def _grid(self, X: Any, groups: Any, label_end: Any, symbols: Any) -> _Grid:
-        if groups is None:
-            raise ValueError(
-                f"{type(self).__name__} splits on dates: pass groups= the row timestamps"
-            )
-        return build_grid(groups, label_end, self.horizon, _n_samples(X), symbols)
 
     def _fold_dates(self, grid: _Grid) -> Iterator[FoldDates]:
         n = grid.n_dates

@@ -370,6 +370,11 @@ class Store:
 
         info = self._work_info(key, "panel")
         frame = read_parquet(work_file(self.root, key.batch, key.attempt, "panel", "parquet"))
+        if isinstance(frame["symbol"].dtype, pd.CategoricalDtype):
+            # Parquet keeps the values, not the category order: the panel's categories are
+            # the sorted symbols (features.Panel), whatever order they first appear in
+            symbols = frame["symbol"].cat.categories
+            frame["symbol"] = frame["symbol"].cat.reorder_categories(sorted(symbols))
         return Panel(frame, tuple(info["computed"]), tuple(info["user"]), tuple(info["horizons"]))
 
     def _work_info(self, key: AttemptKey, name: str) -> dict:

@@ -3,21 +3,28 @@
 
 A sealed attempt folder's ``_COMPLETE`` records the sha256 of each artifact and each
 cohort file (``metadata.json`` without its ``run`` key), so a change is named file by
-file. Folders written by another system (no markers) are checked against their cohorts'
-``snapshot.json`` (the manifest digest and, where recorded, the artifact list). The asset
-check ``manifest_integrity`` runs the same :func:`verify_folder`.
+file. Folders written by another system (no markers; every older layout) are checked
+against their cohorts' ``snapshot.json`` (the manifest digest and, where recorded, the
+artifact list). The asset check ``manifest_integrity`` runs the same :func:`verify_folder`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from cohortflow.canonical import sha256_hex
 from cohortflow.errors import ArtifactNotFoundError, CohortflowError
 from cohortflow.formats import parse_json, read_json
-from cohortflow.layout import COMPLETE_MARKER, Scope, attempt_scopes
+from cohortflow.layout import (
+    COMPLETE_MARKER,
+    Scope,
+    attempt_scopes,
+    cohort_file,
+    marker_file,
+    walk_cohorts,
+)
 from cohortflow.snapshots import manifest_records, manifest_sha256, metadata_digest
 from cohortflow.store import Store
 
@@ -47,36 +54,39 @@ def verify_folder(store: Store, scope: Scope) -> list[Problem]:
     """Problems of one attempt folder ([] when everything matches; an incomplete folder
     yields one INCOMPLETE finding, not a failure of its files)."""
     folder = scope.attempt_dir(store.root)
-    rel = store.rel(folder)
     if not folder.exists():
-        return [Problem(MISSING, rel, "attempt folder")]
-    if not scope.complete_marker(store.root).exists():
-        if scope.progress_marker(store.root).exists():
+        return [Problem(MISSING, store.rel(folder), "attempt folder")]
+    return verify_container(store, folder)
+
+
+def verify_container(store: Store, folder: Any) -> list[Problem]:
+    """:func:`verify_folder` of any folder that holds cohort folders (any layout)."""
+    rel = store.rel(folder)
+    complete = marker_file(folder, COMPLETE_MARKER)
+    if not complete.exists():
+        if marker_file(folder, "_IN_PROGRESS").exists():
             return [Problem(INCOMPLETE, rel, "being written, or its run was killed")]
-        return list(_verify_external(store, scope))
+        return list(_verify_external(store, folder))
     try:
-        seal = read_json(scope.complete_marker(store.root))
+        seal = read_json(complete)
     except CohortflowError as exc:
         return [Problem(UNREADABLE, f"{rel}/{COMPLETE_MARKER}", str(exc))]
-    return list(_verify_sealed(store, scope, seal))
+    return list(_verify_sealed(store, folder, seal))
 
 
-def _verify_sealed(store: Store, scope: Scope, seal: Mapping[str, Any]) -> Iterator[Problem]:
-    folder = scope.attempt_dir(store.root)
+def _verify_sealed(store: Store, folder: Any, seal: Mapping[str, Any]) -> Iterator[Problem]:
     rel = store.rel(folder)
     actual = {r.relpath: r for r in manifest_records(folder)}
     recorded = {a["relpath"]: a for a in seal.get("artifacts", ())}
+    for path, want in sorted(recorded.items()):
+        got = actual.get(path)
+        if got is None:
+            yield Problem(MISSING, f"{rel}/{path}", f"sha256 {want['sha256'][:12]}")
+        elif got.sha256 != want["sha256"] or got.size != want["size"]:
+            yield Problem(
+                CHANGED, f"{rel}/{path}", f"sha256 {got.sha256[:12]}, sealed {want['sha256'][:12]}"
+            )
     if recorded:
-        for path, want in sorted(recorded.items()):
-            got = actual.get(path)
-            if got is None:
-                yield Problem(MISSING, f"{rel}/{path}", f"sha256 {want['sha256'][:12]}")
-            elif got.sha256 != want["sha256"] or got.size != want["size"]:
-                yield Problem(
-                    CHANGED,
-                    f"{rel}/{path}",
-                    f"sha256 {got.sha256[:12]}, sealed {want['sha256'][:12]}",
-                )
         for path in sorted(set(actual) - set(recorded)):
             yield Problem(UNEXPECTED, f"{rel}/{path}", "not in the seal")
     digest = manifest_sha256(list(actual.values()))
@@ -90,25 +100,24 @@ def _verify_sealed(store: Store, scope: Scope, seal: Mapping[str, Any]) -> Itera
         )
     cohorts = seal.get("cohorts") or {}
     if isinstance(cohorts, Mapping):
-        yield from _verify_cohort_files(store, scope, cohorts)
-    yield from _verify_snapshots(store, scope, digest)
+        yield from _verify_cohort_files(store, folder, cohorts)
+    yield from _verify_snapshots(store, folder, digest)
 
 
 def _verify_cohort_files(
-    store: Store, scope: Scope, cohorts: Mapping[str, Mapping[str, str]]
+    store: Store, folder: Any, cohorts: Mapping[str, Mapping[str, str]]
 ) -> Iterator[Problem]:
-    folder = scope.attempt_dir(store.root)
-    on_disk = {
-        p.name.removeprefix("cohort="): p for p in _children(folder) if p.name.startswith("cohort=")
-    }
+    on_disk = {p.name.removeprefix("cohort="): p for p in _cohort_dirs(folder)}
     for cid in sorted(set(on_disk) - set(cohorts)):
         yield Problem(UNEXPECTED, store.rel(on_disk[cid]), "cohort not in the seal")
     for cid, files in sorted(cohorts.items()):
-        names = {p.name for p in _children(on_disk[cid])} if cid in on_disk else set()
+        present = {p.name: p for p in _children(on_disk[cid])} if cid in on_disk else {}
         for name, want in sorted(files.items()):
-            path = scope.cohort_file(store.root, cid, name)
-            if name not in names:
-                yield Problem(MISSING, store.rel(path), f"sha256 {want[:12]}")
+            path = present.get(name)
+            if path is None:
+                yield Problem(
+                    MISSING, f"{store.rel(folder)}/cohort={cid}/{name}", f"sha256 {want[:12]}"
+                )
                 continue
             data = path.read_bytes()
             try:
@@ -122,21 +131,18 @@ def _verify_cohort_files(
                 continue
             if got != want:
                 yield Problem(CHANGED, store.rel(path), f"sha256 {got[:12]}, sealed {want[:12]}")
-        for name in sorted(names - set(files)):
-            yield Problem(UNEXPECTED, store.rel(on_disk[cid]) + f"/{name}", "not in the seal")
+        for name in sorted(set(present) - set(files)):
+            yield Problem(UNEXPECTED, store.rel(present[name]), "not in the seal")
 
 
-def _verify_snapshots(store: Store, scope: Scope, digest: str | None) -> Iterator[Problem]:
+def _verify_snapshots(store: Store, folder: Any, digest: str | None) -> Iterator[Problem]:
     """Each cohort's snapshot.json names the manifest of the files beside it."""
-    for child in _children(scope.attempt_dir(store.root)):
-        if not child.name.startswith("cohort="):
-            continue
-        cid = child.name.removeprefix("cohort=")
-        path = scope.cohort_file(store.root, cid, "snapshot.json")
+    for cohort in _cohort_dirs(folder):
+        path = cohort_file(cohort, "snapshot.json")
         try:
             snapshot = read_json(path)
         except ArtifactNotFoundError:
-            continue  # named by the seal check, or an external cohort without one
+            continue  # named by the seal check, or an older cohort without one
         except CohortflowError as exc:
             yield Problem(UNREADABLE, store.rel(path), str(exc))
             continue
@@ -149,16 +155,13 @@ def _verify_snapshots(store: Store, scope: Scope, digest: str | None) -> Iterato
             )
 
 
-def _verify_external(store: Store, scope: Scope) -> Iterator[Problem]:
+def _verify_external(store: Store, folder: Any) -> Iterator[Problem]:
     """A folder without markers: check what its snapshots recorded."""
-    folder = scope.attempt_dir(store.root)
     rel = store.rel(folder)
     actual = {r.relpath: r for r in manifest_records(folder)}
     digest = manifest_sha256(list(actual.values()))
-    for child in _children(folder):
-        if not child.name.startswith("cohort="):
-            continue
-        path = scope.cohort_file(store.root, child.name.removeprefix("cohort="), "snapshot.json")
+    for cohort in _cohort_dirs(folder):
+        path = cohort_file(cohort, "snapshot.json")
         try:
             snapshot = read_json(path)
         except ArtifactNotFoundError:
@@ -178,7 +181,9 @@ def _verify_external(store: Store, scope: Scope) -> Iterator[Problem]:
         recorded = snapshot.get("artifacts_manifest_sha256")
         if recorded is not None and recorded != digest and not listed:
             yield Problem(
-                MANIFEST, store.rel(path), "artifacts_manifest_sha256 differs from the files"
+                MANIFEST,
+                store.rel(path),
+                f"artifacts_manifest_sha256 {str(recorded)[:12]} != files {str(digest)[:12]}",
             )
 
 
@@ -189,24 +194,36 @@ def _children(folder: Any) -> list[Any]:
         return []
 
 
+def _cohort_dirs(folder: Any) -> list[Any]:
+    return [p for p in _children(folder) if p.name.startswith("cohort=") and p.is_dir()]
+
+
 @dataclass
 class VerifyReport:
     folders: int = 0
-    problems: list[Problem] | None = None
+    problems: list[Problem] = field(default_factory=list)
 
     @property
     def failed(self) -> list[Problem]:
-        return [p for p in self.problems or [] if p.kind != INCOMPLETE]
+        return [p for p in self.problems if p.kind != INCOMPLETE]
 
 
 def verify_root(root: Any, batch: str | None = None) -> VerifyReport:
-    """Every attempt folder under ``root`` (of one batch), with what is off in each."""
+    """Every attempt folder under ``root`` (of one batch), in every layout, with what is
+    off in each."""
     store = Store(root)
-    report = VerifyReport(0, [])
-    for scope in attempt_scopes(store.root, batch):
+    containers = {
+        scope.attempt_relpath(): scope.attempt_dir(store.root)
+        for scope in attempt_scopes(store.root, batch)
+    }
+    for record in walk_cohorts(store.root, include_incomplete=True):
+        if batch is None or record.batch == batch:
+            containers.setdefault(record.container_path(), record.dir(store.root).parent)
+    report = VerifyReport()
+    for _, folder in sorted(containers.items()):
         report.folders += 1
-        report.problems += verify_folder(store, scope)
+        report.problems += verify_container(store, folder)
     return report
 
 
-__all__ = ["Problem", "VerifyReport", "verify_folder", "verify_root"]
+__all__ = ["Problem", "VerifyReport", "verify_container", "verify_folder", "verify_root"]

@@ -12,6 +12,9 @@ import os
 # runs on few cores) stall; set before either library starts its thread pool
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+from dagster import Definitions, colored_console_logger, in_process_executor  # noqa: E402
+
+from cohortflow.settings import load_settings  # noqa: E402
 from cohortflow_dagster.assets import build_assets  # noqa: E402
 from cohortflow_dagster.assets.jobs import ALL_JOBS  # noqa: E402
 from cohortflow_dagster.io_managers.canonical_store import CanonicalStoreIOManager  # noqa: E402
@@ -23,9 +26,6 @@ from cohortflow_dagster.resources.cohortflow import (  # noqa: E402
 )
 from cohortflow_dagster.resources.home import export_runs_at_once  # noqa: E402
 from cohortflow_dagster.sensors import attempt_sensor, data_sensor  # noqa: E402
-from dagster import Definitions, colored_console_logger, in_process_executor  # noqa: E402
-
-from cohortflow.settings import load_settings  # noqa: E402
 
 # fit threads follow the runs this Dagster home lets run at once (n_threads: 0, auto)
 export_runs_at_once()

@@ -4,7 +4,6 @@ shell: the assets and the IO manager both use it)."""
 
 from __future__ import annotations
 
-import base64
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -12,6 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from dagster import MetadataValue, TableColumn, TableRecord, TableSchema
+
+from cohortflow.plots import markdown_image
 
 SIGNIFICANT = 4
 
@@ -98,7 +99,7 @@ def files_table(written: Sequence[Any]) -> MetadataValue:
 
 def png(image: bytes, alt: str) -> MetadataValue:
     """A PNG shown as an image in the asset's metadata."""
-    return MetadataValue.md(f"![{alt}](data:image/png;base64,{base64.b64encode(image).decode()})")
+    return MetadataValue.md(markdown_image(image, alt))
 
 
 def numbers(values: Mapping[str, Any]) -> dict[str, float | None]:

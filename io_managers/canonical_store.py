@@ -17,16 +17,16 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from cohortflow_dagster.io_managers.keys import KIND_KEY, LOAD_KEY
-from cohortflow_dagster.metadata import files_table
-from cohortflow_dagster.partitions import key_of
-from cohortflow_dagster.resources.cohortflow import default_output_root
 from dagster import ConfigurableIOManager, InputContext, MetadataValue, OutputContext
 
 from cohortflow.domain import ArtifactKind
 from cohortflow.fsio import is_local, local_path
 from cohortflow.layout import resolve, work_file
 from cohortflow.store import AttemptKey, Store, WrittenFile
+from cohortflow_dagster.io_managers.keys import KIND_KEY, LOAD_KEY
+from cohortflow_dagster.metadata import files_table
+from cohortflow_dagster.partitions import key_of
+from cohortflow_dagster.resources.cohortflow import default_output_root
 
 
 class LastPanel:

@@ -31,6 +31,14 @@ def default_sensor_status() -> DefaultSensorStatus:
     return DefaultSensorStatus.RUNNING
 
 
+def sensor_interval_s(default: int) -> int:
+    """Seconds between sensor ticks; ``COHORTFLOW_SENSOR_INTERVAL_S`` overrides (tests)."""
+    try:
+        return max(1, int(os.environ.get("COHORTFLOW_SENSOR_INTERVAL_S", default)))
+    except ValueError:
+        return default
+
+
 def default_settings_path() -> str:
     return os.environ.get("COHORTFLOW_SETTINGS", "")
 

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import yaml
 
-from cohortflow.fsio import atomic_write_text
+from cohortflow.fsio import atomic_write_text, exclusive_lock
 from cohortflow.layout import dagster_yaml
 
 
@@ -66,6 +67,16 @@ def export_runs_at_once(home: str | Path | None = None) -> int:
     runs = runs_at_once(home)
     os.environ[RUNS_AT_ONCE_ENV] = str(runs)
     return runs
+
+
+def open_instance(home: Path) -> Any:
+    """The home's Dagster instance, created under a lock on the home: a new sqlite home
+    makes its schema on first open, and runs started together into a fresh home would
+    otherwise race on it (``UNIQUE constraint failed: alembic_version``)."""
+    from dagster import DagsterInstance
+
+    with exclusive_lock(home / ".cohortflow-open.lock"):
+        return DagsterInstance.get()
 
 
 def ensure_dagster_home() -> Path:

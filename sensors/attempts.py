@@ -1,10 +1,6 @@
 """The attempt sensor: when a run of the latest attempt n succeeds and n found leaks (and
 the leak-fix chain may go on), add attempt n+1 and run it without them."""
 
-from cohortflow_dagster.assets.jobs import cohortflow_job
-from cohortflow_dagster.partitions import attempt_dim_partitions, attempt_key, split_key
-from cohortflow_dagster.resources.cohortflow import CohortflowResource, default_sensor_status
-from cohortflow_dagster.sensors.runs import run_tags
 from dagster import (
     DagsterRunStatus,
     RunRequest,
@@ -18,6 +14,14 @@ from cohortflow.domain import AttemptReason
 from cohortflow.errors import CohortflowError
 from cohortflow.intake import plan_after, record_decision
 from cohortflow.registry import BatchRegistry
+from cohortflow_dagster.assets.jobs import cohortflow_job
+from cohortflow_dagster.partitions import attempt_dim_partitions, attempt_key, split_key
+from cohortflow_dagster.resources.cohortflow import (
+    CohortflowResource,
+    default_sensor_status,
+    sensor_interval_s,
+)
+from cohortflow_dagster.sensors.runs import run_tags
 
 PARTITION_TAG = "dagster/partition"
 
@@ -27,7 +31,7 @@ PARTITION_TAG = "dagster/partition"
     request_job=cohortflow_job,
     monitor_all_code_locations=False,
     default_status=default_sensor_status(),
-    minimum_interval_seconds=15,
+    minimum_interval_seconds=sensor_interval_s(15),
     description="After a successful run of the latest attempt n: if n is complete and found "
     "leaks, and the attempt limit allows, add attempt n+1 and run it without them.",
 )

@@ -5,10 +5,6 @@ starts nothing, whatever the cursor (the decision reads the sealed attempts on d
 
 import json
 
-from cohortflow_dagster.assets.jobs import cohortflow_job
-from cohortflow_dagster.partitions import attempt_dim_partitions, attempt_key, batch_partitions
-from cohortflow_dagster.resources.cohortflow import CohortflowResource, default_sensor_status
-from cohortflow_dagster.sensors.runs import run_tags, unfinished_runs
 from dagster import RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
 from cohortflow.errors import CohortflowError
@@ -20,12 +16,20 @@ from cohortflow.intake import (
     record_decision,
     take_in,
 )
+from cohortflow_dagster.assets.jobs import cohortflow_job
+from cohortflow_dagster.partitions import attempt_dim_partitions, attempt_key, batch_partitions
+from cohortflow_dagster.resources.cohortflow import (
+    CohortflowResource,
+    default_sensor_status,
+    sensor_interval_s,
+)
+from cohortflow_dagster.sensors.runs import run_tags, unfinished_runs
 
 
 @sensor(
     job=cohortflow_job,
     default_status=default_sensor_status(),
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=sensor_interval_s(30),
     description="Watches the data folder: registers each new universe as a batch partition "
     "and runs attempt 0; runs a new attempt when a known universe's files, the settings or "
     "the code change. Sealed attempts are never rerun.",

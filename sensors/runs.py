@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from cohortflow_dagster.partitions import attempt_key, attempt_partitions
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from cohortflow.attempts import Decision
 from cohortflow.canonical import fingerprint
+from cohortflow_dagster.partitions import attempt_key, attempt_partitions
 
 UNFINISHED = [
     DagsterRunStatus.QUEUED,

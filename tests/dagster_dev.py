@@ -30,7 +30,6 @@ from typing import Any
 
 from cohortflow_dagster.resources.home import new_home_yaml
 
-
 REPO = Path(__file__).resolve().parents[1]
 FAST_SETTINGS = REPO / "config" / "fast.yaml"
 DAGSTER = Path(sys.executable).with_name("dagster")
@@ -226,6 +225,26 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+LAUNCH_BACKFILL = """
+mutation LaunchBackfill($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on Error { message }
+    ... on PythonError { message stack }
+  }
+}
+"""
+RUNS = "query { runsOrError { ... on Runs { results { runId status tags { key value } } } } }"
+REPOSITORY = {"repositoryName": "__repository__", "repositoryLocationName": "cohortflow"}
+ADD_PARTITION = """
+mutation Add($selector: RepositorySelector!, $name: String!, $key: String!) {
+  addDynamicPartition(repositorySelector: $selector, partitionsDefName: $name, partitionKey: $key) {
+    __typename
+    ... on Error { message }
+  }
+}
+"""
 WORKSPACE_QUERY = """
 query {
   workspaceOrError {
@@ -244,16 +263,20 @@ query {
 
 @contextmanager
 def dagster_dev(
-    ws: UiWorkspace, log_name: str, ready_timeout_s: float = 300.0
+    ws: UiWorkspace,
+    log_name: str,
+    ready_timeout_s: float = 300.0,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[DagsterDev]:
-    """``dagster dev -w workspace.yaml`` on a free port of 127.0.0.1, stopped on exit."""
+    """``dagster dev -w workspace.yaml`` on a free port of 127.0.0.1, stopped on exit
+    (``env``: the environment, by default the workspace's, sensors stopped)."""
     port = free_port()
     log_path = ws.dagster_home / f"{log_name}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [str(DAGSTER), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
             cwd=REPO,
-            env=ws.env(),
+            env=dict(env) if env is not None else ws.env(),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

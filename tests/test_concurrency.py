@@ -212,10 +212,10 @@ def test_four_processes_materializing_one_partition_at_once(tmp_path: Path) -> N
 def test_killed_run_leaves_no_partial_file_and_a_rerun_completes(tmp_path: Path) -> None:
     from dagster import DagsterInstance
 
-    from cohortflow_dagster.partitions import attempt_key
     from cohortflow.index import CohortIndex
     from cohortflow.layout import latest_complete_attempt, walk_cohorts
     from cohortflow_dagster.definitions import build_definitions
+    from cohortflow_dagster.partitions import attempt_key
 
     data, out, settings, batch = register(tmp_path)
     job = build_definitions(str(data), str(out), str(settings)).resolve_job_def("cohortflow_job")

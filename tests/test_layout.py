@@ -16,6 +16,7 @@ from upath import UPath
 from cohortflow import layout
 from cohortflow.errors import ArtifactNotFoundError, InvalidNameError, StoreError
 from cohortflow.fsio import atomic_write_text, write_json
+from cohortflow.index import find_cohort  # noqa: E402
 from cohortflow.layout import (
     COMPLETE_MARKER,
     LAYOUT_BATCH_NO_ATTEMPT,
@@ -35,8 +36,6 @@ from cohortflow.layout import (
     validate_batch,
     walk_cohorts,
 )
-
-from cohortflow.index import find_cohort  # noqa: E402
 
 FIXTURES = Path(__file__).parent / "fixtures" / "layouts"
 B = "ab12cd34ef56"

@@ -14,10 +14,10 @@ import pytest
 from cohortflow.canonical import sha256_file
 from cohortflow.errors import ArtifactNotFoundError, InvalidNameError, StoreError
 from cohortflow.fsio import atomic_write_bytes, atomic_write_text, write_json
-from cohortflow.store import Store
 from cohortflow.layout import Scope
 from cohortflow.loader import OOFColumnsError, export_stacking_data, load_stacking_data
 from cohortflow.oof import parquet_bytes, write_oof_parquet
+from cohortflow.store import Store
 
 BATCH = "ab12cd34ef56"
 OTHER_BATCH = "0123456789ab"

@@ -70,8 +70,8 @@ def in_memory_dagster_home(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
-    from cohortflow_dagster.cli.runner import run_universe
     from cohortflow.synthetic import generate
+    from cohortflow_dagster.cli.runner import run_universe
 
     base = tmp_path_factory.mktemp("pipeline")
     truth = generate(base / "data", fmt="parquet", n_symbols=8, n_bars=900, n_noise=4, seed=1)
@@ -384,11 +384,11 @@ def test_attempt1_diff_prev_names_its_baseline_and_the_removed_leaks(pipeline: P
 def test_every_attempt_folder_completes_when_symbol_views_are_limited(tmp_path: Path) -> None:
     from dagster import DagsterInstance
 
-    from cohortflow_dagster.partitions import attempt_key
     from cohortflow.intake import take_in
     from cohortflow.settings import load_settings
     from cohortflow.synthetic import generate
     from cohortflow_dagster.definitions import build_definitions
+    from cohortflow_dagster.partitions import attempt_key
 
     generate(tmp_path / "data", fmt="parquet", n_symbols=3, n_bars=260, n_noise=2, seed=4)
     settings = write_settings(tmp_path / "s.yaml", horizons=[5], symbol_views=1)

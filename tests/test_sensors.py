@@ -11,8 +11,8 @@ import pandas as pd
 import pytest
 from dagster import DagsterInstance, build_sensor_context, instance_for_test
 
-from cohortflow_dagster.partitions import attempt_key
 from cohortflow_dagster.definitions import build_definitions
+from cohortflow_dagster.partitions import attempt_key
 
 
 def _tick(defs, inst: DagsterInstance, name: str, cursor: str | None):

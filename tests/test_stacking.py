@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 import cohortflow.stacking as stacking_module
+from cohortflow.formats import parse_parquet
 from cohortflow.oof import generate_oof
 from cohortflow.settings import ModelSettings, Settings
-from cohortflow.formats import parse_parquet
 from cohortflow.splits import split_train_test as holdout
 from cohortflow.stacking import EQUAL_WEIGHT, fit_stacking, stack_from_files, stacking_files
 

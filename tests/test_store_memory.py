@@ -38,12 +38,12 @@ def _wipe() -> None:
 def materialized(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Materialized]:
     from dagster import DagsterInstance, materialize
 
-    from cohortflow_dagster.assets import build_assets
-    from cohortflow_dagster.partitions import attempt_key
     from cohortflow.intake import take_in
     from cohortflow.settings import load_settings
     from cohortflow.synthetic import generate
+    from cohortflow_dagster.assets import build_assets
     from cohortflow_dagster.io_managers.canonical_store import CanonicalStoreIOManager
+    from cohortflow_dagster.partitions import attempt_key
     from cohortflow_dagster.resources.cohortflow import CohortflowResource
 
     _wipe()
@@ -153,10 +153,9 @@ def test_every_artifact_lands_at_its_exact_memory_path(materialized: Materialize
 
 @pytest.mark.slow
 def test_readers_and_manifests_work_on_the_memory_root(materialized: Materialized) -> None:
-    from cohortflow.index import CohortIndex
-    from cohortflow.index import find_cohort
-    from cohortflow.layout import Scope, latest_complete_attempt, walk_cohorts
     from cohortflow.domain import ArtifactKind
+    from cohortflow.index import CohortIndex, find_cohort
+    from cohortflow.layout import Scope, latest_complete_attempt, walk_cohorts
     from cohortflow.loader import load_stacking_data
     from cohortflow.store import AttemptKey, Store
     from cohortflow.verify import verify_folder
@@ -190,9 +189,9 @@ def test_readers_and_manifests_work_on_the_memory_root(materialized: Materialize
 def test_io_manager_round_trip_through_dagster_contexts(materialized: Materialized) -> None:
     from dagster import AssetKey, DagsterInstance, build_input_context, build_output_context
 
-    from cohortflow_dagster.partitions import attempt_key, attempt_partitions
     from cohortflow.store import Store
     from cohortflow_dagster.io_managers.canonical_store import CanonicalStoreIOManager
+    from cohortflow_dagster.partitions import attempt_key, attempt_partitions
 
     b = materialized.batch
     instance = DagsterInstance.ephemeral()

@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from dagster_dev import (
+    LAUNCH_BACKFILL,
     TEST_OUTPUT,
     DagsterDev,
     add_partitions,
@@ -32,16 +33,6 @@ STAGES = ("TARGET_RANKING", "FEATURE_SELECTION", "TRAINING")
 DEADLINE_S = 8 * 60
 TERMINAL = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 
-LAUNCH_BACKFILL = """
-mutation LaunchBackfill($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on Error { message }
-    ... on PythonError { stack }
-  }
-}
-"""
 
 ASSET_KEYS = "query { assetNodes { assetKey { path } } }"
 
@@ -153,8 +144,8 @@ def _attempt_dir(
 
 def _assert_canonical_tree(root: Path, batch: str, symbols: tuple[str, ...]) -> None:
     assert (root / f"_registry/batch_{batch}.json").is_file()
-    assert (root / f"_work/batch_{batch}/bars.parquet").is_file()
-    assert (root / f"_work/batch_{batch}/panel.parquet").is_file()
+    assert (root / f"_work/batch_{batch}/attempt_0/bars.parquet").is_file()
+    assert (root / f"_work/batch_{batch}/attempt_0/panel.parquet").is_file()
     ranking = pd.read_csv(root / f"reports/batch_{batch}/attempt_0/target_ranking.csv")
     assert sorted(ranking["target"]) == sorted(TARGETS)
     assert ranking["rank"].tolist() == [1, 2]
