@@ -18,6 +18,7 @@ from cohortflow_dagster.io_managers.keys import KIND_KEY, STEP_TAG
 from cohortflow_dagster.metadata import frame_facts, joined, table
 from cohortflow_dagster.partitions import attempt_partitions, key_of
 from cohortflow_dagster.resources.cohortflow import CohortflowResource
+from cohortflow_dagster.resources.launchpad import LaunchpadSettings
 
 K = ArtifactKind
 DESCRIPTIONS = {
@@ -52,11 +53,23 @@ def build_data_assets() -> AssetsDefinition:
         can_subset=True,
         op_tags={"cohortflow/step": Step.DATA.value},
     )
-    def data(context: AssetExecutionContext, cohortflow: CohortflowResource):
+    def data(
+        context: AssetExecutionContext,
+        cohortflow: CohortflowResource,
+        launchpad: LaunchpadSettings,
+    ):
         key = key_of(context.partition_key)
-        settings = cohortflow.settings()
+        settings = cohortflow.settings(launchpad)
+        overrides = launchpad.changes()
+        if overrides:
+            context.log.info(f"settings from the Launchpad: {overrides}")
         universe, record = prepare_attempt(
-            cohortflow.output_root, cohortflow.data_dir, key.batch, key.attempt, settings
+            cohortflow.output_root,
+            cohortflow.data_dir,
+            key.batch,
+            key.attempt,
+            settings,
+            overrides=overrides,
         )
         context.log.info(
             f"batch {key.batch} attempt {key.attempt} ({record.reason.value}): "

@@ -40,6 +40,7 @@ from cohortflow_dagster.io_managers.keys import KIND_KEY, LOAD_KEY, STEP_TAG
 from cohortflow_dagster.metadata import frame_facts, joined, num, numbers, png, table
 from cohortflow_dagster.partitions import attempt_partitions, key_of
 from cohortflow_dagster.resources.cohortflow import CohortflowResource
+from cohortflow_dagster.resources.launchpad import LaunchpadSettings
 
 K = ArtifactKind
 
@@ -108,6 +109,7 @@ class StepRun:
         self,
         context: AssetExecutionContext,
         cohortflow: CohortflowResource,
+        launchpad: LaunchpadSettings,
         step: Step,
         target: str,
         horizon: int,
@@ -116,7 +118,7 @@ class StepRun:
     ) -> None:
         self.context = context
         self.store = cohortflow.store()
-        self.settings = cohortflow.settings()
+        self.settings = cohortflow.settings(launchpad)
         self.key: AttemptKey = key_of(context.partition_key, target)
         self.keys = {role.kind: asset_key(role, target) for role in roles_of(step)}
         self.selected = set(context.selected_asset_keys)
@@ -136,6 +138,7 @@ class StepRun:
         cls,
         context: AssetExecutionContext,
         cohortflow: CohortflowResource,
+        launchpad: LaunchpadSettings,
         step: Step,
         target: str,
         horizon: int,
@@ -146,7 +149,7 @@ class StepRun:
         key = key_of(context.partition_key)
         panel = LAST_PANEL.get(store, key)
         universe = store.read(K.UNIVERSE_BARS, key, bars=False)
-        return cls(context, cohortflow, step, target, horizon, panel, universe)
+        return cls(context, cohortflow, launchpad, step, target, horizon, panel, universe)
 
     def wants(self, kind: ArtifactKind) -> bool:
         return self.keys[kind] in self.selected
@@ -370,11 +373,19 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
     def target_ranking(
         context: AssetExecutionContext,
         cohortflow: CohortflowResource,
+        launchpad: LaunchpadSettings,
         feature_panel: Panel,
         universe_bars: Universe,
     ):
         run = StepRun(
-            context, cohortflow, Step.TARGET_RANKING, target, horizon, feature_panel, universe_bars
+            context,
+            cohortflow,
+            launchpad,
+            Step.TARGET_RANKING,
+            target,
+            horizon,
+            feature_panel,
+            universe_bars,
         )
         t = run.t
 
@@ -405,9 +416,14 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
         },
     )
     def feature_selection(
-        context: AssetExecutionContext, cohortflow: CohortflowResource, feature_exclusions: dict
+        context: AssetExecutionContext,
+        cohortflow: CohortflowResource,
+        launchpad: LaunchpadSettings,
+        feature_exclusions: dict,
     ):
-        run = StepRun.reading_data(context, cohortflow, Step.FEATURE_SELECTION, target, horizon)
+        run = StepRun.reading_data(
+            context, cohortflow, launchpad, Step.FEATURE_SELECTION, target, horizon
+        )
         t, excl = run.t, feature_exclusions
         imps = run.get(K.IMPORTANCES, lambda: stages.importances(t, excl))
         yield from run.output(K.IMPORTANCES, imps, _importance_meta(t, imps))
@@ -430,8 +446,13 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
             K.TRAINING_SNAPSHOTS.value: {key[K.EVALUATION], key[K.PORTFOLIO]},
         },
     )
-    def training(context: AssetExecutionContext, cohortflow: CohortflowResource, featureset: dict):
-        run = StepRun.reading_data(context, cohortflow, Step.TRAINING, target, horizon)
+    def training(
+        context: AssetExecutionContext,
+        cohortflow: CohortflowResource,
+        launchpad: LaunchpadSettings,
+        featureset: dict,
+    ):
+        run = StepRun.reading_data(context, cohortflow, launchpad, Step.TRAINING, target, horizon)
         t = run.t
         needs_oof = run.wants(K.OOF) or run.wants(K.STACKING) or run.wants(K.TRAINING_SNAPSHOTS)
         oof = run.get(K.OOF, lambda: stages.oof_dataset(t, featureset)) if needs_oof else None

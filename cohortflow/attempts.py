@@ -17,10 +17,11 @@ A sealed (complete) attempt is history and never changes. So:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from cohortflow.canonical import fingerprint
 from cohortflow.domain import AttemptReason, Stage, View
 from cohortflow.layout import attempt_scopes, folder_state
 from cohortflow.registry import AttemptRecord, BatchFile, BatchRecord, bars_fingerprint
@@ -52,10 +53,23 @@ class AttemptInputs:
     settings_fingerprint: str
     code_version: str
     settings: Mapping[str, Any]
+    # the settings set from the Launchpad (recorded with the attempt; empty: none)
+    overrides: Mapping[str, Any] = field(default_factory=dict)
 
     @property
     def bars_fingerprint(self) -> str:
         return bars_fingerprint(self.files)
+
+    @classmethod
+    def of(cls, record: AttemptRecord) -> AttemptInputs:
+        """An attempt's own inputs, from its record."""
+        return cls(
+            record.files,
+            record.settings_fingerprint,
+            record.code_version,
+            record.settings,
+            record.overrides,
+        )
 
     def record(
         self, attempt: int, reason: AttemptReason, changes: Sequence[str] = ()
@@ -68,6 +82,7 @@ class AttemptInputs:
             code_version=self.code_version,
             settings=dict(self.settings),
             changes=tuple(changes),
+            overrides=dict(self.overrides),
         )
 
 
@@ -106,10 +121,11 @@ def describe_changes(record: AttemptRecord, inputs: AttemptInputs) -> str:
                 f"(files of {', '.join(moved[:5])})"
             )
         elif change is AttemptReason.SETTINGS_CHANGED:
+            # compared as JSON: a record read back holds lists where the settings hold tuples
             keys = sorted(
                 k
                 for k in set(record.settings) | set(inputs.settings)
-                if record.settings.get(k) != inputs.settings.get(k)
+                if fingerprint(record.settings.get(k)) != fingerprint(inputs.settings.get(k))
             )
             parts.append(
                 f"settings fingerprint {record.settings_fingerprint[:12]} -> "

@@ -8,6 +8,7 @@ import hashlib
 import logging
 import math
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -64,10 +65,15 @@ def batch_files(universe: Universe) -> tuple[BatchFile, ...]:
     return tuple(BatchFile(f.symbol, f.path.name, f.sha256, f.size) for f in universe.files)
 
 
-def inputs_of(files: tuple[BatchFile, ...], settings: Settings) -> AttemptInputs:
-    """The inputs of an attempt run on ``files`` with ``settings`` and today's code."""
+def inputs_of(
+    files: tuple[BatchFile, ...],
+    settings: Settings,
+    overrides: Mapping[str, Any] | None = None,
+) -> AttemptInputs:
+    """The inputs of an attempt run on ``files`` with ``settings`` and today's code
+    (``overrides``: what of ``settings`` a run set from the Launchpad)."""
     fields = settings.fingerprint_fields()
-    return AttemptInputs(files, fingerprint(fields), code_version(), fields)
+    return AttemptInputs(files, fingerprint(fields), code_version(), fields, dict(overrides or {}))
 
 
 def batch_record(universe: Universe, settings: Settings) -> BatchRecord:
@@ -251,8 +257,7 @@ def plan_after(root: Any, record: BatchRecord, attempt: int, settings: Settings)
             False,
             f"attempt {attempt} is not the latest recorded of batch {record.batch}",
         )
-    inputs = AttemptInputs(own.files, own.settings_fingerprint, own.code_version, own.settings)
-    return plan_attempt(root, record, inputs, settings)
+    return plan_attempt(root, record, AttemptInputs.of(own), settings)
 
 
 def record_decision(root: Any, batch: str, decision: Decision) -> None:
@@ -362,14 +367,22 @@ __all__ = [
 
 
 def prepare_attempt(
-    root: Any, data_dir: str | Path, batch: str, attempt: int, settings: Settings
+    root: Any,
+    data_dir: str | Path,
+    batch: str,
+    attempt: int,
+    settings: Settings,
+    *,
+    overrides: Mapping[str, Any] | None = None,
 ) -> tuple[Universe, AttemptRecord]:
     """The universe an attempt runs on, checked against the attempt's record before
     anything is written: the batch must be registered; the attempt recorded, or the next
     one after a sealed attempt (a run launched from the UI starts it: its reason is what
     differs, ``requested`` if nothing does); a sealed attempt's inputs must be today's
     (else :class:`SealedAttemptError` names the input that differs and how to start a new
-    attempt). An unsealed attempt takes today's settings and code.
+    attempt). An unsealed attempt takes today's settings and code. ``overrides``: the
+    settings a run set from the Launchpad (they are in ``settings`` already), recorded
+    with the attempt.
     """
     from cohortflow.attempts import changes, describe_changes
     from cohortflow.domain import AttemptReason
@@ -398,7 +411,7 @@ def prepare_attempt(
             )
         universe = load_files(data_dir, record.files, f"batch {batch}", registry.path(batch))
         check_universe(universe, settings)
-        inputs = inputs_of(batch_files(universe), settings)
+        inputs = inputs_of(batch_files(universe), settings, overrides)
         diff = changes(latest, inputs) if latest is not None else []
         reason = diff[0] if diff else AttemptReason.REQUESTED
         own = registry.add_attempt(
@@ -409,7 +422,7 @@ def prepare_attempt(
         data_dir, own.files, f"batch {batch} attempt {attempt}", registry.path(batch)
     )
     check_universe(universe, settings)
-    inputs = inputs_of(own.files, settings)
+    inputs = inputs_of(own.files, settings, overrides)
     if changes(own, inputs):
         if Store(root).attempt_sealed(batch, attempt, settings.targets):
             raise SealedAttemptError(

@@ -14,6 +14,7 @@ columns), so the cost is the model fits themselves (see ``bench/bench_oof.py``).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -272,6 +273,7 @@ def generate_oof(
     def fit_fold(fold: Any) -> dict[str, np.ndarray]:
         """Every model's predictions on the fold's test rows, fitted on its training rows."""
         tr, te = np.asarray(fold.train_idx), np.asarray(fold.test_idx)
+        started = time.perf_counter()
         cut: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray]] = {}
         out = {}
         for name in models:
@@ -283,7 +285,17 @@ def generate_oof(
                 name, fit_settings, x_tr, y[tr], fold_params.get(fold.fold, params)[name]
             )
             out[name] = predict_base_model(name, est, x_te)
-        log.debug("fold %d: %d train rows, %d test rows", fold.fold, len(tr), len(te))
+        # INFO: a run's page shows each fold as it ends (the step's only sign of life)
+        log.info(
+            "OOF %s fold %d/%d: %s fitted on %d rows, %d predicted, %.1f s",
+            target,
+            fold.fold + 1,
+            len(plan.folds),
+            "+".join(models),
+            len(tr),
+            len(te),
+            time.perf_counter() - started,
+        )
         return out
 
     preds = {m: np.full(len(labelled), np.nan) for m in models}

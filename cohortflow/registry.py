@@ -102,6 +102,9 @@ class AttemptRecord:
     code_version: str
     settings: Mapping[str, Any] = field(default_factory=dict)
     changes: tuple[str, ...] = ()  # every input that differed from the attempt before
+    # the settings a run set from the Launchpad over the code location's (empty: none); the
+    # sensors then compare the next attempts with this attempt's settings, not the YAML's
+    overrides: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.attempt, bool) or int(self.attempt) < 0:
@@ -128,6 +131,8 @@ class AttemptRecord:
             "code_version": self.code_version,
             "files": [f.to_dict() for f in self.files],
             "settings": dict(self.settings),
+            # only when set: older records and the CLI's stay as they were
+            **({"overrides": dict(self.overrides)} if self.overrides else {}),
         }
 
     @classmethod
@@ -141,6 +146,7 @@ class AttemptRecord:
                 code_version=data["code_version"],
                 settings=dict(data.get("settings") or {}),
                 changes=tuple(data.get("changes") or ()),
+                overrides=dict(data.get("overrides") or {}),
             )
         except KeyError as exc:
             raise StoreError(f"attempt record lacks {exc}") from None

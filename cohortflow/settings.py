@@ -260,9 +260,10 @@ class Settings(_Frozen):
             d.pop(key)
         return d
 
-    def replace(self, **changes: Any) -> Settings:
-        """A copy with ``changes``, validated like any settings."""
-        return _validated(type(self), {**self.to_dict(), **changes}, "settings")
+    def replace(self, *, source: str = "settings", **changes: Any) -> Settings:
+        """A copy with ``changes``, validated like any settings (``source`` names where
+        the changes come from in an error line)."""
+        return _validated(type(self), {**self.to_dict(), **changes}, source)
 
 
 # what each setting must be, in the words of an error line ("expected ...")

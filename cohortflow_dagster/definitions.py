@@ -12,7 +12,12 @@ import os
 # runs on few cores) stall; set before either library starts its thread pool
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from dagster import Definitions, colored_console_logger, in_process_executor  # noqa: E402
+from dagster import (  # noqa: E402
+    Definitions,
+    Field,
+    colored_console_logger,
+    in_process_executor,
+)
 
 from cohortflow.settings import load_settings  # noqa: E402
 from cohortflow_dagster.assets import build_assets  # noqa: E402
@@ -25,10 +30,17 @@ from cohortflow_dagster.resources.cohortflow import (  # noqa: E402
     default_settings_path,
 )
 from cohortflow_dagster.resources.home import export_runs_at_once  # noqa: E402
+from cohortflow_dagster.resources.launchpad import LaunchpadSettings  # noqa: E402
 from cohortflow_dagster.sensors import attempt_sensor, data_sensor  # noqa: E402
 
 # fit threads follow the runs this Dagster home lets run at once (n_threads: 0, auto)
 export_runs_at_once()
+
+
+CONSOLE = colored_console_logger.configured(
+    lambda config: {"log_level": config["log_level"], "name": "dagster"},
+    config_schema={"log_level": Field(str, default_value="INFO", is_required=False)},
+)
 
 
 def build_definitions(
@@ -45,12 +57,16 @@ def build_definitions(
         # executor; in-process for the reason given in assets/jobs.py.
         executor=in_process_executor,
         sensors=[data_sensor, attempt_sensor],
-        # a run's own terminal (`make ui`, `dagster dev`) shows INFO and up, not every event
-        loggers={"console": colored_console_logger.configured({"log_level": "INFO"})},
+        # a run's own terminal (`make ui`, `dagster dev`) shows INFO and up, not every event;
+        # still a setting of the run (`cohortflow run` asks for WARNING: its own progress
+        # lines are the terminal's)
+        loggers={"console": CONSOLE},
         resources={
             "cohortflow": CohortflowResource(
                 data_dir=data_dir, output_root=output_root, settings_path=settings_path
             ),
+            # a run's own settings, from the Launchpad (empty: the YAML's)
+            "launchpad": LaunchpadSettings(),
             "io_manager": CanonicalStoreIOManager(root=output_root),
         },
     )

@@ -10,6 +10,7 @@ from pydantic import PrivateAttr
 from cohortflow.canonical import fingerprint
 from cohortflow.settings import Settings, load_settings
 from cohortflow.store import Store
+from cohortflow_dagster.resources.launchpad import LaunchpadSettings, apply
 
 DEFAULT_DATA_DIR = "data/bars"
 DEFAULT_OUTPUT_ROOT = "output"
@@ -45,7 +46,9 @@ def default_settings_path() -> str:
 
 class CohortflowResource(ConfigurableResource):
     """``data_dir``: one bar file per symbol; ``output_root``: a local folder or any UPath
-    URL (``s3://…``, ``memory://…``); ``settings_path``: a YAML file, empty for defaults."""
+    URL (``s3://…``, ``memory://…``); ``settings_path``: a YAML file, empty for defaults.
+    A run's Launchpad settings come from the ``launchpad`` resource
+    (:class:`~cohortflow_dagster.resources.launchpad.LaunchpadSettings`)."""
 
     data_dir: str = DEFAULT_DATA_DIR
     output_root: str = DEFAULT_OUTPUT_ROOT
@@ -55,10 +58,11 @@ class CohortflowResource(ConfigurableResource):
     def store(self) -> Store:
         return Store(self.output_root)
 
-    def settings(self) -> Settings:
+    def settings(self, launchpad: LaunchpadSettings | None = None) -> Settings:
+        """The code location's settings (read once), with a run's Launchpad settings."""
         if self._settings is None:
             self._settings = load_settings(self.settings_path or None)
-        return self._settings
+        return apply(self._settings, launchpad.changes() if launchpad is not None else {})
 
     def settings_fingerprint(self) -> str:
         return fingerprint(self.settings().fingerprint_fields())

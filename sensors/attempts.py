@@ -21,7 +21,7 @@ from cohortflow_dagster.resources.cohortflow import (
     default_sensor_status,
     sensor_interval_s,
 )
-from cohortflow_dagster.sensors.runs import run_tags
+from cohortflow_dagster.sensors.runs import run_config, run_tags
 
 PARTITION_TAG = "dagster/partition"
 
@@ -59,6 +59,7 @@ def attempt_sensor(context: RunStatusSensorContext, cohortflow: CohortflowResour
                 run_key=tags["cohortflow/run_key"],
                 partition_key=attempt_key(batch, decision.attempt),
                 tags=tags,
+                run_config=run_config(decision),
             )
         ],
         dynamic_partitions_requests=[

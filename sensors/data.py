@@ -7,6 +7,7 @@ import json
 
 from dagster import RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
+from cohortflow.attempts import AttemptInputs
 from cohortflow.errors import CohortflowError
 from cohortflow.intake import (
     batch_files,
@@ -23,7 +24,7 @@ from cohortflow_dagster.resources.cohortflow import (
     default_sensor_status,
     sensor_interval_s,
 )
-from cohortflow_dagster.sensors.runs import run_tags, unfinished_runs
+from cohortflow_dagster.sensors.runs import run_config, run_tags, unfinished_runs
 
 
 @sensor(
@@ -48,9 +49,16 @@ def data_sensor(context: SensorEvaluationContext, cohortflow: CohortflowResource
         context.update_cursor(json.dumps(state, sort_keys=True))
         return SkipReason(f"cannot use the data folder: {exc}")
     batch = intake.record.batch
-    inputs = inputs_of(batch_files(intake.universe), settings)
-    decision = plan_attempt(cohortflow.output_root, intake.record, inputs, settings)
     latest = intake.record.latest
+    inputs = inputs_of(batch_files(intake.universe), settings)
+    if latest is not None and latest.overrides:
+        # the latest attempt ran with settings from the Launchpad: those settings, not the
+        # YAML's, are what a next attempt is compared with (and runs with)
+        own = AttemptInputs.of(latest)
+        inputs = AttemptInputs(
+            inputs.files, own.settings_fingerprint, inputs.code_version, own.settings, own.overrides
+        )
+    decision = plan_attempt(cohortflow.output_root, intake.record, inputs, settings)
     if decision.attempt is None or (
         not decision.new and latest is not None and decision.attempt == latest.attempt
     ):
@@ -70,6 +78,7 @@ def data_sensor(context: SensorEvaluationContext, cohortflow: CohortflowResource
                 run_key=run_tags(batch, decision)["cohortflow/run_key"],
                 partition_key=attempt_key(batch, decision.attempt),
                 tags=run_tags(batch, decision),
+                run_config=run_config(decision),
             )
         ],
         dynamic_partitions_requests=[

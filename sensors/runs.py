@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from dagster import DagsterInstance, DagsterRunStatus, RunsFilter
 
 from cohortflow.attempts import Decision
@@ -28,6 +30,13 @@ def run_tags(batch: str, decision: Decision) -> dict[str, str]:
         "cohortflow/run_key": f"{batch}:{decision.attempt}:{inputs}",
         "cohortflow/symbols": ",".join(sorted({f.symbol for f in record.files}))[:200],
     }
+
+
+def run_config(decision: Decision) -> dict[str, Any]:
+    """The run config of an attempt's run: the Launchpad settings its record carries (an
+    attempt that follows a Launchpad attempt keeps its settings), else none."""
+    overrides = decision.record.overrides if decision.record is not None else {}
+    return {"resources": {"launchpad": {"config": dict(overrides)}}} if overrides else {}
 
 
 def unfinished_runs(instance: DagsterInstance, batch: str, attempt: int) -> list[str]:

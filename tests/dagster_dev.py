@@ -235,6 +235,18 @@ mutation LaunchBackfill($params: LaunchBackfillParams!) {
   }
 }
 """
+# what the Launchpad sends: one run of the job with run config and the partition's tags
+LAUNCH_RUN = """
+mutation LaunchRun($params: ExecutionParams!) {
+  launchRun(executionParams: $params) {
+    __typename
+    ... on LaunchRunSuccess { run { runId } }
+    ... on RunConfigValidationInvalid { errors { message } }
+    ... on PythonError { message stack }
+    ... on Error { message }
+  }
+}
+"""
 RUNS = "query { runsOrError { ... on Runs { results { runId status tags { key value } } } } }"
 REPOSITORY = {"repositoryName": "__repository__", "repositoryLocationName": "cohortflow"}
 ADD_PARTITION = """

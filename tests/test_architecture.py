@@ -229,8 +229,10 @@ def test_only_layout_joins_paths_under_the_output_root(
     synthetic.generate(data, fmt="parquet", n_symbols=4, n_bars=400, n_noise=2, seed=5)
     settings = tmp_path / "one.yaml"
     settings.write_text(
-        (PROJECT / "config" / "fast.yaml").read_text().replace("horizons: [5, 10]", "horizons: [5]")
-        + "attempt_limit: 1\n"
+        (PROJECT / "config" / "fast.yaml")
+        .read_text()
+        .replace("horizons: [5, 10]", "horizons: [5]")
+        .replace("attempt_limit: 2", "attempt_limit: 1")
     )
     out.mkdir()
     joins = _record_joins(monkeypatch, out)

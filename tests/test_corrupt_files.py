@@ -46,8 +46,9 @@ def tree(tmp_path_factory: pytest.TempPathFactory) -> dict:
     synthetic.generate(tmp / "data", fmt="parquet", n_symbols=4, n_bars=400, n_noise=2, seed=5)
     settings = tmp / "one.yaml"
     settings.write_text(
-        FAST_SETTINGS.read_text().replace("horizons: [5, 10]", "horizons: [5]")
-        + "attempt_limit: 1\n"
+        FAST_SETTINGS.read_text()
+        .replace("horizons: [5, 10]", "horizons: [5]")
+        .replace("attempt_limit: 2", "attempt_limit: 1")
     )
     out = tmp / "out"
     argv = ["run", "--data", str(tmp / "data"), "--out", str(out), "--settings", str(settings)]

@@ -24,7 +24,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from cohortflow_dagster.cli.main import main
 
 from cohortflow.errors import DataError
 from cohortflow.fsio import exclusive_lock
@@ -32,6 +31,7 @@ from cohortflow.index import CohortIndex
 from cohortflow.intake import prepare_attempt, take_in
 from cohortflow.layout import lock_path
 from cohortflow.settings import load_settings
+from cohortflow_dagster.cli.main import main
 
 PROJECT = Path(__file__).resolve().parent.parent
 # the Dagster event log in memory: its SQLite file costs half the wall time of a small run

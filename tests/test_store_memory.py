@@ -45,6 +45,7 @@ def materialized(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Materiali
     from cohortflow_dagster.io_managers.canonical_store import CanonicalStoreIOManager
     from cohortflow_dagster.partitions import attempt_key
     from cohortflow_dagster.resources.cohortflow import CohortflowResource
+    from cohortflow_dagster.resources.launchpad import LaunchpadSettings
 
     _wipe()
     data = tmp_path_factory.mktemp("memory") / "data"
@@ -61,6 +62,7 @@ def materialized(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Materiali
         partition_key=attempt_key(batch, 0),
         resources={
             "io_manager": CanonicalStoreIOManager(root=ROOT),
+            "launchpad": LaunchpadSettings(),
             "cohortflow": CohortflowResource(
                 data_dir=str(data), output_root=ROOT, settings_path=str(FAST)
             ),

@@ -26,6 +26,7 @@ import pytest
 from dagster_dev import (
     ADD_PARTITION,
     LAUNCH_BACKFILL,
+    LAUNCH_RUN,
     REPOSITORY,
     RUNS,
     DagsterDev,
@@ -128,6 +129,33 @@ query Events($runId: ID!) {
 """
 
 
+def launchpad_run(dev: DagsterDev, batch: str, attempt: int, settings: dict[str, Any]) -> str:
+    """Launch the whole job on one partition with settings, as the Launchpad does."""
+    from cohortflow_dagster.partitions import attempt_key, attempt_partitions
+
+    tags = attempt_partitions.get_tags_for_partition_key(str(attempt_key(batch, attempt)))
+    answer = dev.graphql(
+        LAUNCH_RUN,
+        {
+            "params": {
+                "selector": {**REPOSITORY, "jobName": "cohortflow_job"},
+                "runConfigData": {"resources": {"launchpad": {"config": settings}}},
+                "executionMetadata": {
+                    "tags": [{"key": k, "value": v} for k, v in sorted(tags.items())]
+                },
+                "mode": "default",
+            }
+        },
+    )["launchRun"]
+    assert answer["__typename"] == "LaunchRunSuccess", answer
+    return answer["run"]["runId"]
+
+
+def run_messages(dev: DagsterDev, run_id: str) -> list[str]:
+    events = dev.graphql(ENGINE_EVENTS, {"runId": run_id})["runOrError"]
+    return [e.get("message") or "" for e in events["eventConnection"]["events"]]
+
+
 def run_worker_pids(dev: DagsterDev) -> list[int]:
     """The processes executing the runs in progress: each run's engine event says
     "Executing steps in process (pid: N)"."""
@@ -189,6 +217,15 @@ def test_sealed_attempts_quiet_sensors_and_a_killed_run(tmp_path: Path) -> None:
         wait_for_ticks(dev, after_backfill)
         assert len(runs(dev)) == 3  # nothing started behind it: attempt 1 already exists
         assert tree_digest(root) == sealed  # 0 bytes changed, every marker kept
+
+        # 2b. a Launchpad run with other settings on sealed attempt 0: refused, one error
+        # naming the setting, nothing written
+        run_id = launchpad_run(dev, batch, 0, {"n_splits": 4})
+        done = wait_for_runs(dev, 4)
+        assert [r["status"] for r in done if r["runId"] == run_id] == ["FAILURE"]
+        messages = " ".join(run_messages(dev, run_id))
+        assert "SealedAttemptError" in messages and "(n_splits)" in messages, messages[-2000:]
+        assert tree_digest(root) == sealed
 
         # 3. a run of a new attempt, killed: visibly incomplete, then completed
         added = dev.graphql(ADD_PARTITION, {"selector": REPOSITORY, "name": "attempt", "key": "2"})[

@@ -93,7 +93,6 @@ def run_attempt(
 ) -> PartitionRun:
     """Run one partition of ``job_fn`` (a function of this module) in ``instance``, with
     the tags the sensors put on an attempt's run; this process is the run worker."""
-    from cohortflow_dagster.sensors.runs import run_tags
     from dagster import DagsterEventType, build_reconstructable_job, execute_job
 
     from cohortflow_dagster.partitions import (
@@ -102,6 +101,7 @@ def run_attempt(
         attempt_partitions,
         batch_partitions,
     )
+    from cohortflow_dagster.sensors.runs import run_tags
 
     attempt = int(decision.attempt)
     instance.add_dynamic_partitions(batch_partitions.name, [batch])
