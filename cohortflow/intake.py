@@ -8,7 +8,7 @@ import hashlib
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
@@ -22,9 +22,11 @@ from cohortflow.canonical import fingerprint, sha256_file
 from cohortflow.domain import Stage, View
 from cohortflow.errors import ArtifactNotFoundError, DataError, SettingsError
 from cohortflow.features import check_user_columns, feature_specs, warmup_bars
-from cohortflow.fsio import lock_if_free, remove_stale_tmp
+from cohortflow.fsio import lock_if_free, remove_file, remove_stale_tmp
 from cohortflow.layout import (
     Scope,
+    as_root,
+    attempt_scopes,
     data_file,
     lock_path,
     registry_dir,
@@ -107,7 +109,7 @@ def take_in(
     the settings in its lines) otherwise."""
     universe = load_universe(data_dir, settings)
     check_universe(universe, settings, source)
-    sweep_debris(root, universe.batch)
+    sweep_debris(root, universe.batch, settings.targets)
     registry = BatchRegistry(root)
     previous = next((r for r in registry.list() if r.batch == universe.batch), None)
     if previous is not None:
@@ -116,13 +118,17 @@ def take_in(
     return Intake(universe, record, previous)
 
 
-def sweep_debris(root: Any, batch: str) -> list[Path]:
-    """Delete the temporary files killed writes left in the registry and in the batch's
+def sweep_debris(root: Any, batch: str, targets: Iterable[str] = ()) -> list[Path]:
+    """Delete what killed writes left: temporary files in the registry and in the batch's
     working data and reports (issue 21: a killed write's 10 MB ``.tmp-bars.parquet.*`` in
-    a sealed attempt's ``_work/`` was never cleaned, as nothing writes there again). Each
-    folder only while no writer holds its lock. Attempt folders under ``targets/`` are
-    swept by their next writer (:meth:`cohortflow.store.Store.write_attempt_files`); a
-    sealed one is never written again, and nothing is written into it after its seal."""
+    a sealed attempt's ``_work/`` was never cleaned, as nothing writes there again), and
+    the ``_IN_PROGRESS`` marker of an attempt folder of ``targets`` that is sealed (its
+    writer was killed between writing the seal and removing the marker: the seal is what
+    counts). Each folder only while no writer holds its lock. Other temporary files in
+    attempt folders are swept by their next writer
+    (:meth:`cohortflow.store.Store.write_attempt_files`); a sealed folder is never written
+    again.
+    """
     removed: list[Path] = []
     with lock_if_free(lock_path(root, "registry")) as free:
         if free:
@@ -134,8 +140,17 @@ def sweep_debris(root: Any, batch: str) -> list[Path]:
             if free:
                 removed += remove_stale_tmp(work_dir(root, batch, n), recursive=True)
                 removed += remove_stale_tmp(report_path(root, batch, n, "any").parent)
+    base = as_root(root)
+    for scope in attempt_scopes(base, batch, list(targets)) if targets else ():
+        marker = scope.progress_marker(base)
+        if not (scope.complete_marker(base).exists() and marker.exists()):
+            continue
+        with lock_if_free(scope.lock_path(base)) as free:
+            if free and marker.exists():
+                remove_file(marker)
+                removed.append(marker)
     if removed:
-        logger.info("swept %d temporary file(s) of killed writes: %s", len(removed), removed)
+        logger.info("swept %d file(s) of killed writes: %s", len(removed), removed)
     return removed
 
 

@@ -3,9 +3,12 @@
 
 from __future__ import annotations
 
-import ast
+import functools
+import json
 import os
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,21 +38,57 @@ def product_modules() -> dict[str, Path]:
     return out
 
 
+# Parsed in a fresh interpreter: CPython 3.11.7's compile() can fail with "SystemError: AST
+# constructor recursion depth mismatch" in a process whose recursion limit was changed
+# (gh-106905; a library in an earlier test may change it). One subprocess reads them all.
+_READ_IMPORTS = """
+import ast, json, sys
+out = {}
+for path in sys.argv[1:]:
+    rows = []
+    for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+        if isinstance(node, ast.Import):
+            rows += [["import", a.name, 0, []] for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            rows.append(["from", node.module or "", node.level, [a.name for a in node.names]])
+    out[path] = rows
+print(json.dumps(out))
+"""
+
+
+@functools.cache
+def _import_rows() -> dict[str, list]:
+    files = [str(p) for p in sorted(PROJECT.glob("*/**/*.py")) if ".venv" not in p.parts]
+    done = subprocess.run(
+        [sys.executable, "-c", _READ_IMPORTS, *files], capture_output=True, text=True, check=True
+    )
+    return json.loads(done.stdout)
+
+
 def imports_of(path: Path, module: str) -> Iterator[str]:
     """Every module a file imports, at any level (a lazy import is still a dependency)."""
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
-    for node in ast.walk(ast.parse(path.read_text())):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                yield alias.name
-        elif isinstance(node, ast.ImportFrom):
-            base = node.module or ""
-            if node.level:
-                anchor = package.rsplit(".", node.level - 1)[0] if node.level > 1 else package
-                base = f"{anchor}.{base}" if base else anchor
-            yield base
-            for alias in node.names:
-                yield f"{base}.{alias.name}"
+    rows = _import_rows().get(str(path))
+    if rows is None:  # a file made by a test
+        rows = json.loads(
+            subprocess.run(
+                [sys.executable, "-c", _READ_IMPORTS, str(path)],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+        )[str(path)]
+    for kind, name, level, names in rows:
+        if kind == "import":
+            yield name
+            continue
+        base = name
+        if level:
+            anchor = package.rsplit(".", level - 1)[0] if level > 1 else package
+            base = f"{anchor}.{base}" if base else anchor
+        yield base
+        for alias in names:
+            yield f"{base}.{alias}"
 
 
 def internal_graph() -> dict[str, set[str]]:

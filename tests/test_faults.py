@@ -900,6 +900,26 @@ def test_6_killed_writes_debris_is_swept_by_the_next_run(
     assert [p.exists() for p in debris] == [False, False, False]
 
 
+def test_6_a_seal_whose_progress_marker_survived_a_kill_loses_the_marker(
+    root: Path, world: dict[str, Path]
+) -> None:
+    """Found by the kill loop: killed between writing _COMPLETE and removing _IN_PROGRESS,
+    a sealed folder kept both markers for good (nothing writes into it again)."""
+    from cohortflow.layout import Scope
+
+    batch = registry_doc(root)["batch"]
+    scope = Scope("fwd_ret_5", "TRAINING", "CROSS_SECTIONAL", batch, 0)
+    marker = scope.progress_marker(root)
+    assert scope.complete_marker(root).exists() and not marker.exists()
+    marker.write_bytes(b"")
+    settings = load_settings(world["settings"])
+    with exclusive_lock(scope.lock_path(root)):  # a live writer of that folder: spared
+        take_in(world["d1"], root, settings)
+    assert marker.exists()
+    take_in(world["d1"], root, settings)
+    assert not marker.exists() and scope.complete_marker(root).exists()
+
+
 def test_6_listing_a_missing_root_creates_nothing(tmp_path: Path, capsys) -> None:
     code, _, err = cli("cohorts", "list", "--root", str(tmp_path / "nope"), capsys=capsys)
     assert code == 2 and err == [f"cohortflow: error: {tmp_path / 'nope'}: no such output root"]

@@ -151,9 +151,26 @@ def launchpad_run(dev: DagsterDev, batch: str, attempt: int, settings: dict[str,
     return answer["run"]["runId"]
 
 
+STEP_FAILURES = """
+query Failures($runId: ID!) {
+  runOrError(runId: $runId) {
+    ... on Run { eventConnection(limit: 500) { events { __typename
+      ... on ExecutionStepFailureEvent { stepKey error { message cause { message } } } } } }
+  }
+}
+"""
+
+
 def run_messages(dev: DagsterDev, run_id: str) -> list[str]:
-    events = dev.graphql(ENGINE_EVENTS, {"runId": run_id})["runOrError"]
-    return [e.get("message") or "" for e in events["eventConnection"]["events"]]
+    """The errors of a run's failed steps (with their causes), as the run page shows them."""
+    events = dev.graphql(STEP_FAILURES, {"runId": run_id})["runOrError"]
+    out = []
+    for event in events["eventConnection"]["events"]:
+        error = event.get("error")
+        while error:
+            out.append(error.get("message") or "")
+            error = error.get("cause")
+    return out
 
 
 def run_worker_pids(dev: DagsterDev) -> list[int]:
