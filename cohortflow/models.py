@@ -13,6 +13,7 @@ import logging
 import os
 from typing import Any
 
+from cohortflow import fitlog
 from cohortflow.settings import Settings
 
 # LightGBM/OpenMP threads spin-wait between parallel regions by default; on a 2-core
@@ -110,6 +111,27 @@ def xgboost_regressor(settings: Settings, n_estimators: int | None = None, seed_
         n_jobs=settings.n_threads,
         verbosity=0,
     )
+
+
+def trained_rounds(est: Any) -> int | None:
+    """Boosting rounds a fitted LightGBM or XGBoost model trained (after early stopping, the
+    rounds it ran, not the best iteration); ``None`` for anything else."""
+    if hasattr(est, "get_booster"):  # XGBoost
+        return int(est.get_booster().num_boosted_rounds())
+    booster = getattr(est, "_Booster", None)
+    if booster is not None and hasattr(booster, "current_iteration"):  # LightGBM
+        return int(booster.current_iteration())
+    return None
+
+
+def fit_counted(est: Any, x: Any, y: Any, **fit_kw: Any) -> Any:
+    """``est.fit(x, y, **fit_kw)``, reporting its row-rounds to :mod:`cohortflow.fitlog`."""
+    est.fit(x, y, **fit_kw)
+    rounds = trained_rounds(est)
+    if rounds is not None:
+        kind = "xgboost" if hasattr(est, "get_booster") else "lightgbm"
+        fitlog.record(kind, len(y), rounds)
+    return est
 
 
 def sklearn_regressor(dotted: str, settings: Settings):

@@ -30,7 +30,7 @@ from cohortflow.canonical import normalize, sha256_hex
 from cohortflow.errors import CohortflowError
 from cohortflow.fsio import atomic_write_bytes
 from cohortflow.layout import as_root
-from cohortflow.models import base_model_names, make_base_model
+from cohortflow.models import base_model_names, fit_counted, make_base_model
 from cohortflow.names import validate_name
 from cohortflow.parquet import column_compression
 from cohortflow.settings import Settings
@@ -163,8 +163,7 @@ def fit_base_model(
     est = make_base_model(name, settings)
     if params:
         est.set_params(**dict(params))
-    est.fit(_on_model_device(name, est, model_input(name, x)), y)
-    return est
+    return fit_counted(est, _on_model_device(name, est, model_input(name, x)), y)
 
 
 def predict_base_model(name: str, est: Any, x: np.ndarray) -> np.ndarray:

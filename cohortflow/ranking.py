@@ -49,7 +49,7 @@ from cohortflow.metrics import (
     summarize_ic,
     time_series_ic,
 )
-from cohortflow.models import lightgbm_regressor
+from cohortflow.models import fit_counted, lightgbm_regressor
 from cohortflow.settings import Settings
 from cohortflow.splits import FoldPlan, PurgedKFold, make_fold_plan
 
@@ -164,7 +164,7 @@ def _fit_oof(X: np.ndarray, y: np.ndarray, plan: FoldPlan, settings: Settings) -
     for fold in plan.folds:
         tr, te = fold.train_idx, fold.test_idx
         gbm = lightgbm_regressor(settings, n_estimators=settings.quick_estimators)
-        gbm.fit(X[tr], y[tr])
+        fit_counted(gbm, X[tr], y[tr])
         preds["lightgbm"][te] = gbm.predict(X[te])
         gains.append(gbm.booster_.feature_importance(importance_type="gain"))
         lin = linear_model(copy=False).fit(X[tr], y[tr])  # X[tr], X[te]: fresh copies

@@ -51,9 +51,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from cohortflow import fitlog
 from cohortflow.canonical import normalize
 from cohortflow.leakage import average_ranks, group_corr, symbol_codes
-from cohortflow.models import lightgbm_regressor, xgboost_regressor
+from cohortflow.models import fit_counted, lightgbm_regressor, xgboost_regressor
 from cohortflow.names import validate_name
 from cohortflow.settings import Settings
 from cohortflow.splits import PurgedKFold
@@ -163,7 +164,9 @@ def _permutation_drop(
         corr, _ = group_corr(average_ranks(pred), y_ranks, codes, 1)
         return float(np.nan_to_num(corr[0]))
 
+    trees = booster.num_trees()
     base = score(booster.predict(X, num_threads=settings.n_threads))
+    fitlog.record("permutation", m, trees)
     drops = np.zeros(n_features)
     per_batch = max(1, PREDICT_BATCH_ROWS // (m * repeats))  # columns per batch
     for first in range(0, n_features, per_batch):
@@ -175,6 +178,7 @@ def _permutation_drop(
                 start = (b * repeats + r) * m
                 block[start : start + m, j] = X[rng.permutation(m), j]
         preds = booster.predict(block, num_threads=settings.n_threads).reshape(-1, m)
+        fitlog.record("permutation", block.shape[0], trees)
         for b, j in enumerate(cols):
             drops[j] = np.mean([base - score(preds[b * repeats + r]) for r in range(repeats)])
     return drops
@@ -252,11 +256,11 @@ def compute_importances(
     for k, (train_all, test) in enumerate(folds):
         train = _subsample(train_all, IMPORTANCE_MAX_TRAIN_ROWS, (settings.seed, 0, k))
         lgbm = lightgbm_regressor(settings, n_estimators=n_est)
-        lgbm.fit(X[train], y[train])
+        fit_counted(lgbm, X[train], y[train])
         totals["lightgbm"] += lgbm.booster_.feature_importance(importance_type="gain")
 
         xgbm = xgboost_regressor(settings, n_estimators=n_est)
-        xgbm.fit(X[train], y[train])
+        fit_counted(xgbm, X[train], y[train])
         scores = xgbm.get_booster().get_score(importance_type="total_gain")  # keys "f{j}"
         totals["xgboost"] += np.array([scores.get(f"f{j}", 0.0) for j in range(len(names))])
 
