@@ -21,6 +21,7 @@ Attempt n+1 runs when attempt n found leaks and ``attempt_limit`` allows
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -36,6 +37,8 @@ def _code_path(argv: list[str]) -> None:
     """``--code DIR`` must take effect before anything imports cohortflow."""
     if "--code" in argv:
         sys.path.insert(0, str(Path(argv[argv.index("--code") + 1]).resolve()))
+        # bound now: the bench modules put this checkout first on the path later
+        importlib.import_module("cohortflow")
 
 
 if __name__ == "__main__":
@@ -94,8 +97,17 @@ def prepare_case(case: str, work: Path) -> tuple[Path, Path, str]:
 # --------------------------------------------------------------------------- one attempt
 def featureset_record(fs: Any, importances: dict[str, Any]) -> dict[str, Any]:
     """What a featureset decided, with the permutation numbers that decided it."""
+    import hashlib
+
     perm = importances["permutation"].set_index("feature")
     return {
+        # every number of every importance frame, to 17 digits: equal hashes, equal frames
+        "importances_sha256": {
+            model: hashlib.sha256(
+                frame.to_csv(index=False, float_format="%.17g").encode()
+            ).hexdigest()
+            for model, frame in sorted(importances.items())
+        },
         "kept": list(fs.kept),
         "dropped": {f: str(r).split(":", 1)[0] for f, r in fs.dropped.items()},
         "probe_bar": float(fs.rule.get("probe_permutation_bar", 0.0)),
@@ -110,12 +122,31 @@ def featureset_record(fs: Any, importances: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_attempts(data_dir: Path, settings: Any) -> dict[str, Any]:
+def ranking_hash(ranking: Any) -> str:
+    """sha256 of every metric and importance of a target ranking (floats to 17 digits)."""
+    import hashlib
+
+    views = [ranking.cross_sectional, *ranking.symbol_specific]
+    doc = [
+        [v.view, v.symbol, v.metrics, v.importances["lightgbm"].to_dict(orient="list")]
+        for v in views
+    ]
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def run_attempts(data_dir: Path, settings: Any, memo: bool = False) -> dict[str, Any]:
     """Every attempt of the graph's computations; seconds, CPU seconds and row-rounds per
-    stage (summed over attempts and per attempt) and the decisions."""
+    stage (summed over attempts and per attempt) and the decisions. ``memo``: importances
+    go through one :class:`cohortflow.memo.MemoryCache` for the whole run, so an attempt
+    reads what an earlier one computed on the same inputs."""
     import dataclasses
 
+    # imported before the clock starts: a first import is not a stage's work (and with
+    # PYTHONDONTWRITEBYTECODE set, each process compiles them again: seconds)
+    import lightgbm  # noqa: F401
     import pandas as pd
+    import sklearn.linear_model  # noqa: F401
+    import xgboost  # noqa: F401
 
     from cohortflow import fitlog
     from cohortflow.bars import load_universe
@@ -128,6 +159,17 @@ def run_attempts(data_dir: Path, settings: Any) -> dict[str, Any]:
     from cohortflow.selection import compute_importances, prune
     from cohortflow.snapshots import draft_from_rows
     from cohortflow.stacking import fit_stacking, split_train_test
+
+    if memo:
+        from cohortflow.memo import MemoryCache
+        from cohortflow.selection import cached_importances
+
+        cache = MemoryCache()
+
+        def importances_of(*args: Any) -> Any:
+            return cached_importances(cache, *args)
+    else:
+        importances_of = compute_importances
 
     zero = {s: 0.0 for s in STAGES}
     wall, cpu = dict(zero), dict(zero)
@@ -197,7 +239,7 @@ def run_attempts(data_dir: Path, settings: Any) -> dict[str, Any]:
                 view = "SYMBOL_SPECIFIC" if symbol else "CROSS_SECTIONAL"
                 scope = Scope(target, "FEATURE_SELECTION", view, universe.batch, attempt, symbol)
                 rows = rows_of(train, target, symbol)
-                importances = compute_importances(rows, target, horizon, features, settings)
+                importances = importances_of(rows, target, horizon, features, settings)
                 fs = prune(
                     importances, rows, list(panel.features), target, view, symbol, settings,
                     excluded=sorted(dropped),
@@ -223,6 +265,7 @@ def run_attempts(data_dir: Path, settings: Any) -> dict[str, Any]:
                     for e in excl.entries
                 },
                 "ranking_score": float(ranking.score),
+                "ranking_sha256": ranking_hash(ranking),
                 "featuresets": fs_records,
                 "stack_test_rank_ic": float(stack.test_metrics["stack"]["rank_ic"]),
             }
@@ -276,6 +319,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--code", default=None, help="import cohortflow from this folder")
     parser.add_argument("--work", default=None, help="data folder root (default: temporary)")
     parser.add_argument(
+        "--memo", action="store_true", help="importances through one cache for all attempts"
+    )
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE",
+        help="override a setting (YAML value), e.g. --set fold_workers=1",
+    )  # fmt: skip
+    parser.add_argument(
         "--reference", default="500000,60,200", help="rows,features,rounds of the reference "
         "fit, or 0 to skip it",
     )  # fmt: skip
@@ -289,9 +339,12 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="cohortflow-stages-"))
     data, settings_path, desc = prepare_case(args.case, work / args.case.replace(":", "_"))
     settings = load_settings(settings_path)
+    if args.set:
+        changes = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}
+        settings = settings.replace(**changes)
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
-    result = run_attempts(data, settings)
+    result = run_attempts(data, settings, memo=args.memo)
     seconds = time.perf_counter() - t0
     reference = None
     if args.reference != "0":
@@ -300,7 +353,7 @@ def main(argv: list[str] | None = None) -> int:
     load_after = os.getloadavg()[0]
     result.update(
         case=args.case,
-        description=desc,
+        description=desc + "".join(f"; {kv}" for kv in args.set) + ("; memo" if args.memo else ""),
         code=str(Path(cohortflow.__file__).parent),
         seconds=seconds,
         load_1m=[load_before, load_after],

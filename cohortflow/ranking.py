@@ -49,7 +49,7 @@ from cohortflow.metrics import (
     summarize_ic,
     time_series_ic,
 )
-from cohortflow.models import fit_counted, lightgbm_regressor
+from cohortflow.models import fit_counted, lightgbm_regressor, map_parallel, parallel_settings
 from cohortflow.settings import Settings
 from cohortflow.splits import FoldPlan, PurgedKFold, make_fold_plan
 
@@ -159,16 +159,28 @@ class _Oof:
 
 
 def _fit_oof(X: np.ndarray, y: np.ndarray, plan: FoldPlan, settings: Settings) -> _Oof:
+    # folds side by side, the threads shared (models.parallel_settings): same numbers
+    fit_settings, workers = parallel_settings(settings, len(plan.folds))
+
+    def fit_fold(fold: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(LightGBM predictions, its gain, linear predictions) of one fold's test rows."""
+        x_tr, x_te = X[fold.train_idx], X[fold.test_idx]  # fresh copies, one of each
+        gbm = lightgbm_regressor(fit_settings, n_estimators=settings.quick_estimators)
+        fit_counted(gbm, x_tr, y[fold.train_idx])
+        pred = gbm.predict(x_te)
+        gain = gbm.booster_.feature_importance(importance_type="gain")
+        # the ridge last: it imputes and scales the copies in place (copy=False)
+        lin = linear_model(copy=False).fit(x_tr, y[fold.train_idx])
+        return pred, gain, lin.predict(x_te)
+
     preds = {m: np.full(len(y), np.nan) for m in MODELS}
     gains = []
-    for fold in plan.folds:
-        tr, te = fold.train_idx, fold.test_idx
-        gbm = lightgbm_regressor(settings, n_estimators=settings.quick_estimators)
-        fit_counted(gbm, X[tr], y[tr])
-        preds["lightgbm"][te] = gbm.predict(X[te])
-        gains.append(gbm.booster_.feature_importance(importance_type="gain"))
-        lin = linear_model(copy=False).fit(X[tr], y[tr])  # X[tr], X[te]: fresh copies
-        preds["linear"][te] = lin.predict(X[te])
+    for fold, (gbm_pred, gain, lin_pred) in zip(
+        plan.folds, map_parallel(fit_fold, plan.folds, workers), strict=True
+    ):
+        preds["lightgbm"][fold.test_idx] = gbm_pred
+        preds["linear"][fold.test_idx] = lin_pred
+        gains.append(gain)
     return _Oof(preds, np.mean(np.asarray(gains, dtype=np.float64), axis=0))
 
 
