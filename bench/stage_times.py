@@ -134,11 +134,15 @@ def ranking_hash(ranking: Any) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
 
 
-def run_attempts(data_dir: Path, settings: Any, memo: bool = False) -> dict[str, Any]:
+def run_attempts(
+    data_dir: Path, settings: Any, memo: bool = False, batch_views: bool = True
+) -> dict[str, Any]:
     """Every attempt of the graph's computations; seconds, CPU seconds and row-rounds per
     stage (summed over attempts and per attempt) and the decisions. ``memo``: importances
     go through one :class:`cohortflow.memo.MemoryCache` for the whole run, so an attempt
-    reads what an earlier one computed on the same inputs."""
+    reads what an earlier one computed on the same inputs. ``batch_views``: the importances
+    of all views of a target in one batch of fits (``compute_importances_many``, where the
+    core has it; not with ``memo``), else view after view as the assets do today."""
     import dataclasses
 
     # imported before the clock starts: a first import is not a stage's work (and with
@@ -170,6 +174,11 @@ def run_attempts(data_dir: Path, settings: Any, memo: bool = False) -> dict[str,
             return cached_importances(cache, *args)
     else:
         importances_of = compute_importances
+    import cohortflow.selection as selection
+
+    batch = (
+        getattr(selection, "compute_importances_many", None) if batch_views and not memo else None
+    )
 
     zero = {s: 0.0 for s in STAGES}
     wall, cpu = dict(zero), dict(zero)
@@ -235,11 +244,17 @@ def run_attempts(data_dir: Path, settings: Any, memo: bool = False) -> dict[str,
 
             featuresets: dict[str, Any] = {}
             fs_records: dict[str, Any] = {}
-            for symbol in [None, *symbols]:
+            views = [None, *symbols]
+            frames = [rows_of(train, target, symbol) for symbol in views]
+            if batch:  # every view's folds in one batch of fits
+                all_importances = batch(frames, target, horizon, features, settings)
+            else:
+                all_importances = [
+                    importances_of(rows, target, horizon, features, settings) for rows in frames
+                ]
+            for symbol, rows, importances in zip(views, frames, all_importances, strict=True):
                 view = "SYMBOL_SPECIFIC" if symbol else "CROSS_SECTIONAL"
                 scope = Scope(target, "FEATURE_SELECTION", view, universe.batch, attempt, symbol)
-                rows = rows_of(train, target, symbol)
-                importances = importances_of(rows, target, horizon, features, settings)
                 fs = prune(
                     importances, rows, list(panel.features), target, view, symbol, settings,
                     excluded=sorted(dropped),
@@ -322,6 +337,9 @@ def main(argv: list[str] | None = None) -> int:
         "--memo", action="store_true", help="importances through one cache for all attempts"
     )
     parser.add_argument(
+        "--no-batch", action="store_true", help="importances view after view (no batch)"
+    )
+    parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="override a setting (YAML value), e.g. --set fold_workers=1",
     )  # fmt: skip
@@ -344,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         settings = settings.replace(**changes)
     load_before = os.getloadavg()[0]
     t0 = time.perf_counter()
-    result = run_attempts(data, settings, memo=args.memo)
+    result = run_attempts(data, settings, memo=args.memo, batch_views=not args.no_batch)
     seconds = time.perf_counter() - t0
     reference = None
     if args.reference != "0":
@@ -353,7 +371,10 @@ def main(argv: list[str] | None = None) -> int:
     load_after = os.getloadavg()[0]
     result.update(
         case=args.case,
-        description=desc + "".join(f"; {kv}" for kv in args.set) + ("; memo" if args.memo else ""),
+        description=desc
+        + "".join(f"; {kv}" for kv in args.set)
+        + ("; memo" if args.memo else "")
+        + ("; views one by one" if args.no_batch else ""),
         code=str(Path(cohortflow.__file__).parent),
         seconds=seconds,
         load_1m=[load_before, load_after],

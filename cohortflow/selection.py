@@ -272,6 +272,145 @@ def _mean_rank_importance(frames: Mapping[str, pd.DataFrame], names: Sequence[st
     return 1.0 - (mean_rank - 1.0) / (f - 1) if f > 1 else np.ones(f)
 
 
+@dataclass(frozen=True, eq=False)
+class _View:
+    """One frame's inputs to the importance folds: no matrix of every row (a fold's models
+    read at most IMPORTANCE_MAX_TRAIN_ROWS + PERMUTATION_MAX_ROWS rows, cut from the frame's
+    columns when the fold runs; at 500 symbols the whole matrix was 0.7 GB, a fold's 0.1 GB)."""
+
+    names: list[str]
+    n_features: int
+    rows: np.ndarray  # positions in the frame of the rows with a target
+    y: np.ndarray
+    columns: list[np.ndarray]  # the frame's feature columns (float64)
+    probes: np.ndarray  # (rows with a target) x n_probes
+    folds: list[tuple[np.ndarray, np.ndarray]]  # positions in ``rows``
+
+    def matrix(self, idx: np.ndarray) -> np.ndarray:
+        """Features and probes of the rows at positions ``idx`` (of the rows with a target)."""
+        out = np.empty((idx.size, len(self.names)))
+        at = self.rows[idx]
+        for j, col in enumerate(self.columns):
+            out[:, j] = col[at]
+        out[:, self.n_features :] = self.probes[idx]
+        return out
+
+
+def _prepare(
+    frame: pd.DataFrame,
+    target: str,
+    horizon: int,
+    features: list[str],
+    settings: Settings,
+    n_probes: int,
+) -> _View:
+    if not features:
+        raise ValueError("no features to rank")
+    probes = [f"{PROBE_PREFIX}{i}" for i in range(n_probes)]
+    clash = sorted(set(probes) & set(features))
+    if clash:
+        raise ValueError(f"features {clash} use the probe names; rename them")
+    missing = sorted(set(features) - set(frame.columns))
+    if missing:
+        raise ValueError(f"features not in the frame: {missing}")
+    # rows with a target; columns are taken one by one (no copy of the whole frame)
+    rows = np.flatnonzero(np.isfinite(frame[target].to_numpy(dtype=float)))
+    if "symbol" in frame.columns:
+        symbols = frame["symbol"].iloc[rows]
+    else:
+        symbols = pd.Series(np.zeros(rows.size, dtype=np.int64))
+    label_col = f"label_end_{horizon}"
+    label_end = frame[label_col].to_numpy()[rows] if label_col in frame.columns else None
+    timestamps = frame["timestamp"].to_numpy()[rows]
+    splitter = PurgedKFold(settings.n_splits, horizon, settings.embargo_for(horizon))
+    return _View(
+        names=features + probes,
+        n_features=len(features),
+        rows=rows,
+        y=frame[target].to_numpy(dtype=float)[rows],
+        columns=[frame[f].to_numpy(dtype=np.float64) for f in features],
+        probes=make_probes(symbols, n_probes, settings.seed),
+        folds=list(splitter.split(timestamps, groups=timestamps, label_end=label_end)),
+    )
+
+
+def _fold_importances(
+    view: _View, k: int, settings: Settings, fit_settings: Settings
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(LightGBM gain, XGBoost total gain, permutation drop) of fold ``k`` of ``view``."""
+    train_all, test = view.folds[k]
+    n_est = settings.quick_estimators
+    train = _subsample(train_all, IMPORTANCE_MAX_TRAIN_ROWS, (settings.seed, 0, k))
+    x_train, y_train = view.matrix(train), view.y[train]
+    lgbm = lightgbm_regressor(fit_settings, n_estimators=n_est)
+    fit_counted(lgbm, x_train, y_train)
+    gain = lgbm.booster_.feature_importance(importance_type="gain")
+
+    xgbm = xgboost_regressor(fit_settings, n_estimators=n_est)
+    fit_counted(xgbm, x_train, y_train)
+    del x_train
+    scores = xgbm.get_booster().get_score(importance_type="total_gain")  # keys "f{j}"
+    xgain = np.array([scores.get(f"f{j}", 0.0) for j in range(len(view.names))])
+
+    held = _subsample(test, PERMUTATION_MAX_ROWS, (settings.seed, 1, k))
+    perm = _permutation_drop(lgbm, view.matrix(held), view.y[held], fit_settings, k)
+    log.debug("importances fold %d: %d train / %d test rows", k, train.size, test.size)
+    return gain, xgain, perm
+
+
+def _frames(
+    view: _View, per_fold: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
+) -> dict[str, pd.DataFrame]:
+    names = view.names
+    totals = {model: np.zeros(len(names)) for model in MODELS}
+    for gain, xgain, _ in per_fold:  # summed in fold order, whatever ran first
+        totals["lightgbm"] += gain
+        totals["xgboost"] += xgain
+    perm_folds = [perm for _, _, perm in per_fold]
+    totals["permutation"] = np.sum(perm_folds, axis=0)
+    out = {model: _importance_frame(names, totals[model] / len(per_fold)) for model in MODELS}
+    t_stat = dict(zip(names, _t_stat(np.asarray(perm_folds)), strict=True))
+    out["permutation"]["t_stat"] = out["permutation"]["feature"].map(t_stat).astype(float)
+    out[COMBINED] = _importance_frame(names, _mean_rank_importance(out, names))
+    return out
+
+
+def compute_importances_many(
+    frames: Sequence[pd.DataFrame],
+    target: str,
+    horizon: int,
+    features: Sequence[str],
+    settings: Settings,
+    n_probes: int | None = None,
+) -> list[dict[str, pd.DataFrame]]:
+    """:func:`compute_importances` of each frame (e.g. the pooled view and every symbol
+    view), the folds of all of them fitted as one batch of jobs, ``settings.fold_workers``
+    at once with the threads shared: the many small fits of the symbol views keep every
+    core busy. Each result is identical to ``compute_importances`` of that frame alone."""
+    features = list(dict.fromkeys(features))
+    n_probes = settings.n_probes if n_probes is None else int(n_probes)
+    views = [_prepare(f, target, horizon, features, settings, n_probes) for f in frames]
+    tasks = [(i, k) for i, view in enumerate(views) for k in range(len(view.folds))]
+    fit_settings, workers = parallel_settings(settings, len(tasks))
+    results = iter(
+        map_parallel(
+            lambda task: _fold_importances(views[task[0]], task[1], settings, fit_settings),
+            tasks,
+            workers,
+        )
+    )
+    out = []
+    for view in views:
+        imps = _frames(view, [next(results) for _ in view.folds])
+        log.info(
+            "importances %s: %d features + %d probes, %d rows, %d folds; top %s",
+            target, view.n_features, n_probes, view.rows.size, len(view.folds),
+            imps[COMBINED]["feature"].head(5).tolist(),
+        )  # fmt: skip
+        out.append(imps)
+    return out
+
+
 def compute_importances(
     frame: pd.DataFrame,
     target: str,
@@ -285,95 +424,10 @@ def compute_importances(
     Rows without a target are dropped. Returns ``{"lightgbm", "xgboost", "permutation",
     "combined"} -> DataFrame(feature, importance, rank, share)`` sorted by importance
     (descending) then feature; probe rows included. Same inputs -> identical frames.
+    The folds are fitted side by side (``settings.fold_workers``, threads shared): the
+    fits are thread-count invariant, so the numbers are the same.
     """
-    features = list(dict.fromkeys(features))
-    if not features:
-        raise ValueError("no features to rank")
-    n_probes = settings.n_probes if n_probes is None else int(n_probes)
-    probes = [f"{PROBE_PREFIX}{i}" for i in range(n_probes)]
-    clash = sorted(set(probes) & set(features))
-    if clash:
-        raise ValueError(f"features {clash} use the probe names; rename them")
-    missing = sorted(set(features) - set(frame.columns))
-    if missing:
-        raise ValueError(f"features not in the frame: {missing}")
-
-    # rows with a target; columns are taken one by one (no copy of the whole frame)
-    rows = np.flatnonzero(np.isfinite(frame[target].to_numpy(dtype=float)))
-    y = frame[target].to_numpy(dtype=float)[rows]
-    if "symbol" in frame.columns:
-        symbols = frame["symbol"].iloc[rows]
-    else:
-        symbols = pd.Series(np.zeros(rows.size, dtype=np.int64))
-    # no matrix of every row: a fold's models read at most IMPORTANCE_MAX_TRAIN_ROWS +
-    # PERMUTATION_MAX_ROWS rows, cut from the frame's columns when the fold runs (at 500
-    # symbols the whole matrix was 0.7 GB, a fold's 0.1 GB)
-    columns = [frame[f].to_numpy(dtype=np.float64) for f in features]
-    probe_values = make_probes(symbols, n_probes, settings.seed)
-    names = features + probes
-
-    def matrix(idx: np.ndarray) -> np.ndarray:
-        """Features and probes of the rows at positions ``idx`` (of the rows with a target)."""
-        out = np.empty((idx.size, len(names)))
-        at = rows[idx]
-        for j, col in enumerate(columns):
-            out[:, j] = col[at]
-        out[:, len(features) :] = probe_values[idx]
-        return out
-
-    label_col = f"label_end_{horizon}"
-    label_end = frame[label_col].to_numpy()[rows] if label_col in frame.columns else None
-    timestamps = frame["timestamp"].to_numpy()[rows]
-    splitter = PurgedKFold(settings.n_splits, horizon, settings.embargo_for(horizon))
-    folds = list(splitter.split(timestamps, groups=timestamps, label_end=label_end))
-
-    n_est = settings.quick_estimators
-    # folds side by side, the threads shared (models.parallel_settings): same numbers
-    fit_settings, workers = parallel_settings(settings, len(folds))
-
-    def fold_importances(k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(LightGBM gain, XGBoost total gain, permutation drop) of fold ``k``."""
-        train_all, test = folds[k]
-        train = _subsample(train_all, IMPORTANCE_MAX_TRAIN_ROWS, (settings.seed, 0, k))
-        x_train, y_train = matrix(train), y[train]
-        lgbm = lightgbm_regressor(fit_settings, n_estimators=n_est)
-        fit_counted(lgbm, x_train, y_train)
-        gain = lgbm.booster_.feature_importance(importance_type="gain")
-
-        xgbm = xgboost_regressor(fit_settings, n_estimators=n_est)
-        fit_counted(xgbm, x_train, y_train)
-        del x_train
-        scores = xgbm.get_booster().get_score(importance_type="total_gain")  # keys "f{j}"
-        xgain = np.array([scores.get(f"f{j}", 0.0) for j in range(len(names))])
-
-        held = _subsample(test, PERMUTATION_MAX_ROWS, (settings.seed, 1, k))
-        perm = _permutation_drop(lgbm, matrix(held), y[held], fit_settings, k)
-        log.debug(
-            "importances %s fold %d: %d train / %d test rows", target, k, train.size, test.size
-        )
-        return gain, xgain, perm
-
-    per_fold = map_parallel(fold_importances, range(len(folds)), workers)
-    totals = {model: np.zeros(len(names)) for model in MODELS}
-    for gain, xgain, _ in per_fold:  # summed in fold order, whatever ran first
-        totals["lightgbm"] += gain
-        totals["xgboost"] += xgain
-    perm_folds = [perm for _, _, perm in per_fold]
-    totals["permutation"] = np.sum(perm_folds, axis=0)
-    out = {model: _importance_frame(names, totals[model] / len(folds)) for model in MODELS}
-    t_stat = dict(zip(names, _t_stat(np.asarray(perm_folds)), strict=True))
-    out["permutation"]["t_stat"] = out["permutation"]["feature"].map(t_stat).astype(float)
-    out[COMBINED] = _importance_frame(names, _mean_rank_importance(out, names))
-    log.info(
-        "importances %s: %d features + %d probes, %d rows, %d folds; top %s",
-        target,
-        len(features),
-        n_probes,
-        rows.size,
-        len(folds),
-        out[COMBINED]["feature"].head(5).tolist(),
-    )
-    return out
+    return compute_importances_many([frame], target, horizon, features, settings, n_probes)[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -681,6 +735,7 @@ __all__ = [
     "Featureset",
     "cached_importances",
     "compute_importances",
+    "compute_importances_many",
     "importances_from_bytes",
     "importances_key",
     "importances_to_bytes",
