@@ -237,16 +237,16 @@ def _permutation_drop(
         new_leaves = new_leaves.reshape(repeats * m, len(used))
         fitlog.record("permutation", repeats * m, len(used))
         changed = dict(zip(used, range(len(used)), strict=True))
-        diffs = []
-        for r in range(repeats):
-            rows = slice(r * m, (r + 1) * m)
-            first = used[0]
-            pred = prefix[first - 1].copy() if first > 0 else np.zeros(m)
-            for t in range(first, n_trees):
-                k = changed.get(t)
-                pred += values[t] if k is None else trees.leaf_values[t][new_leaves[rows, k]]
-            diffs.append(base - score(pred))
-        drops[j] = np.mean(diffs)
+        # every repeat at once, one row each: each row still sums its trees in order
+        first = used[0]
+        pred = np.tile(prefix[first - 1], (repeats, 1)) if first > 0 else np.zeros((repeats, m))
+        for t in range(first, n_trees):
+            k = changed.get(t)
+            if k is None:
+                pred += values[t]
+            else:
+                pred += trees.leaf_values[t][new_leaves[:, k]].reshape(repeats, m)
+        drops[j] = np.mean([base - score(pred[r]) for r in range(repeats)])
         block[:, j] = np.tile(X[:, j], repeats)  # back to the unshuffled column
     return drops
 
