@@ -327,7 +327,7 @@ def test_views_fitted_as_one_batch_equal_each_view_alone(panel_frame):
 
     symbols = sorted(panel_frame["symbol"].astype(str).unique())[:2]
     frames = [panel_frame, *(panel_frame[panel_frame["symbol"] == s] for s in symbols)]
-    settings = SETTINGS.replace(quick_estimators=15, permutation_repeats=1)
+    settings = SETTINGS.replace(quick_estimators=8, permutation_repeats=1, n_splits=3)
     together = compute_importances_many(frames, TARGET, 10, FEATURES, settings)
     alone = [
         compute_importances(f, TARGET, 10, FEATURES, settings.replace(fold_workers=1))
