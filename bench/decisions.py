@@ -55,8 +55,18 @@ def run_case(case: str, out: Path, work: Path, code: Path | None) -> dict[str, A
 
 # --------------------------------------------------------------------------- comparison
 def _se(p: dict[str, Any]) -> float:
-    t = p.get("t_stat")
-    return abs(p["importance"] / t) if t not in (None, 0) else float("inf")
+    """Standard error of a permutation importance over the folds (importance / t-stat); 0
+    for a feature no model used (importance and t-stat both 0)."""
+    t, imp = p.get("t_stat"), p["importance"]
+    if t is None:
+        return float("inf")
+    if t == 0:
+        return 0.0 if imp == 0 else float("inf")
+    return abs(imp / t)
+
+
+def _t(p: dict[str, Any]) -> float:
+    return float("nan") if p.get("t_stat") is None else float(p["t_stat"])
 
 
 def noise_verdict(feature: str, a: dict[str, Any], b: dict[str, Any]) -> str:
@@ -150,17 +160,25 @@ def compare(before: dict[str, Any], after: dict[str, Any]) -> tuple[list[str], d
                 if set(fa["kept"]) == set(fb["kept"]):
                     verdicts = {"(order)": "same features, other order"}
                 tally["featuresets_differ" if bad else "featuresets_noise"] += 1
+                fallback = [
+                    side for side, fs in (("before", fa), ("after", fb)) if fs.get("fallback")
+                ]
+                note = (
+                    f"; fallback top-1 ({' and '.join(fallback)}: nothing passed the probe rule)"
+                    if fallback
+                    else ""
+                )
                 lines.append(
-                    f"  {view}: featureset {'DIFFERS' if bad else 'differs within noise'}; {tag}"
+                    f"  {view}: featureset {'DIFFERS' if bad else 'differs within noise'}; {tag}{note}"
                     f"\n    before {fa['kept']}\n    after  {fb['kept']}"
                 )
                 for f, v in verdicts.items():
                     pa, pb = fa["permutation"].get(f, {}), fb["permutation"].get(f, {})
                     lines.append(
                         f"    {f}: {v}; before imp {pa.get('importance', float('nan')):.3g} "
-                        f"t {pa.get('t_stat') or float('nan'):.2f} (bar {fa['probe_bar']:.3g}, "
+                        f"t {_t(pa) if pa else float('nan'):.2f} (bar {fa['probe_bar']:.3g}, "
                         f"{fa['dropped'].get(f, 'kept')}), after imp "
-                        f"{pb.get('importance', float('nan')):.3g} t {pb.get('t_stat') or float('nan'):.2f} "
+                        f"{pb.get('importance', float('nan')):.3g} t {_t(pb) if pb else float('nan'):.2f} "
                         f"(bar {fb['probe_bar']:.3g}, {fb['dropped'].get(f, 'kept')})"
                     )
     return lines, tally

@@ -111,6 +111,7 @@ def featureset_record(fs: Any, importances: dict[str, Any]) -> dict[str, Any]:
         "kept": list(fs.kept),
         "dropped": {f: str(r).split(":", 1)[0] for f, r in fs.dropped.items()},
         "probe_bar": float(fs.rule.get("probe_permutation_bar", 0.0)),
+        "fallback": bool(fs.rule.get("fallback_top1", False)),
         "permutation": {
             f: {
                 "importance": float(perm.at[f, "importance"]),
@@ -340,6 +341,11 @@ def main(argv: list[str] | None = None) -> int:
         "--no-batch", action="store_true", help="importances view after view (no batch)"
     )
     parser.add_argument(
+        "--patch", action="append", default=[], metavar="MODULE.NAME=VALUE",
+        help="an experiment: set a core module's constant, e.g. "
+        "--patch selection.EARLY_STOPPING_ROUNDS=10",
+    )  # fmt: skip
+    parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
         help="override a setting (YAML value), e.g. --set fold_workers=1",
     )  # fmt: skip
@@ -357,6 +363,10 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="cohortflow-stages-"))
     data, settings_path, desc = prepare_case(args.case, work / args.case.replace(":", "_"))
     settings = load_settings(settings_path)
+    for item in args.patch:
+        name, value = item.split("=", 1)
+        module, attr = name.rsplit(".", 1)
+        setattr(importlib.import_module(f"cohortflow.{module}"), attr, yaml.safe_load(value))
     if args.set:
         changes = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}
         settings = settings.replace(**changes)

@@ -72,6 +72,8 @@ MODELS = ("lightgbm", "linear")
 MIN_CS_SYMBOLS = 3
 MIN_CS_DATE_SHARE = 0.5
 RIDGE_ALPHA = 1.0
+# folds with more training rows than this are fitted one at a time with all the threads
+PARALLEL_MAX_ROWS = 250_000
 
 
 @dataclass(frozen=True, eq=False)
@@ -158,6 +160,22 @@ class _Oof:
     gain: np.ndarray  # (n_features,) LightGBM gain averaged over folds
 
 
+@dataclass(frozen=True, eq=False)
+class _Columns:
+    """Feature columns of a panel and the rows to use (positions): ``cols[rows]`` gives a
+    fresh float64 matrix of those rows, as the whole matrix indexed would."""
+
+    columns: list[np.ndarray]
+    rows: np.ndarray
+
+    def __getitem__(self, idx: np.ndarray) -> np.ndarray:
+        at = self.rows[idx]
+        out = np.empty((at.size, len(self.columns)))
+        for j, col in enumerate(self.columns):
+            out[:, j] = col[at]
+        return out
+
+
 @dataclass(frozen=True)
 class _ViewJob:
     """One view to fit: its rows (positions in the pooled arrays; None = all) and fold plan."""
@@ -169,13 +187,20 @@ class _ViewJob:
 
 
 def _fit_views(
-    X: np.ndarray, y: np.ndarray, jobs: Sequence[_ViewJob], settings: Settings
+    X: _Columns, y: np.ndarray, jobs: Sequence[_ViewJob], settings: Settings
 ) -> list[_Oof | ValueError]:
     """The OOF predictions and gain of every view, the folds of all views fitted as one batch
     of jobs side by side (models.parallel_settings: the same numbers as one at a time). A
-    view whose fit raised ValueError gets that error instead."""
+    view whose fit raised ValueError gets that error instead.
+
+    Folds of more than PARALLEL_MAX_ROWS training rows run one after another with all the
+    threads: a large fit uses two threads well, and two at once would hold two copies of
+    the largest matrices."""
     tasks = [(i, k) for i, job in enumerate(jobs) for k in range(len(job.plan.folds))]
-    fit_settings, workers = parallel_settings(settings, len(tasks))
+    large_set = {t for t in tasks if jobs[t[0]].plan.folds[t[1]].train_idx.size > PARALLEL_MAX_ROWS}
+    large = [t for t in tasks if t in large_set]
+    small = [t for t in tasks if t not in large_set]
+    small_settings, workers = parallel_settings(settings, len(small))
 
     def fit_fold(task: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | ValueError:
         """(LightGBM predictions, its gain, linear predictions) of one fold's test rows."""
@@ -186,6 +211,7 @@ def _fit_views(
             tr, te = job.rows[tr], job.rows[te]
         try:
             x_tr, x_te = X[tr], X[te]  # fresh copies, one of each
+            fit_settings = settings if task in large_set else small_settings
             gbm = lightgbm_regressor(fit_settings, n_estimators=settings.quick_estimators)
             fit_counted(gbm, x_tr, y[tr])
             pred = gbm.predict(x_te)
@@ -196,7 +222,9 @@ def _fit_views(
         except ValueError as exc:
             return exc
 
-    results = iter(map_parallel(fit_fold, tasks, workers))
+    done = dict(zip(large, map_parallel(fit_fold, large, 1), strict=True))
+    done.update(zip(small, map_parallel(fit_fold, small, workers), strict=True))
+    results = iter(done[t] for t in tasks)
     out: list[_Oof | ValueError] = []
     for job in jobs:
         n = len(y) if job.rows is None else job.rows.size
@@ -437,9 +465,9 @@ def rank_target(
             "%s: no %s column; label windows taken as %d grid bars", target, le_col, horizon
         )
         label_end = None
-    X = np.empty((keep.size, len(features)), dtype=np.float64)
-    for j, name in enumerate(features):
-        X[:, j] = panel[name].to_numpy(dtype=np.float64)[keep]
+    # no matrix of all rows: each fold's rows are cut from the panel's columns when it runs
+    # (at 500 symbols the matrix was 0.7 GB beside the fold copies)
+    X = _Columns([panel[name].to_numpy(dtype=np.float64) for name in features], keep)
     y = panel[target].to_numpy(dtype=np.float64)[keep]
     ts = panel["timestamp"].to_numpy()[keep]
     sym = panel["symbol"].iloc[keep].astype(str).to_numpy()

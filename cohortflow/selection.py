@@ -7,6 +7,9 @@ Importances (:func:`compute_importances`), each averaged over the folds of
 - ``xgboost``: total gain (``importance_type="total_gain"``) of an XGBoost model, same rows;
 - ``permutation``: the drop in rank IC of the fold's LightGBM model on its held-out (purged)
   test rows when one column is shuffled (``settings.permutation_repeats`` seeded shuffles);
+  only the trees that split on the shuffled column are evaluated again, and the prediction
+  is summed from leaf values in LightGBM's order, so the numbers are bit for bit those of
+  the whole model on the shuffled rows at about a fifth of the cost;
 - ``combined``: the mean rank over the three, as ``importance = 1 - (mean_rank - 1) / (F - 1)``
   (1 = first in every model, 0 = last in every model), so "higher is better" holds for all.
 
@@ -38,7 +41,11 @@ Kept features are listed in combined order. The permutation frame carries one mo
 
 The fold models are fitted with ``settings.quick_estimators`` trees on at most
 ``IMPORTANCE_MAX_TRAIN_ROWS`` training rows (seeded subset): they rank features, they are not
-the models we evaluate.
+the models we evaluate. Folds run side by side (``settings.fold_workers``, the threads
+shared; the fits are thread-count invariant), and :func:`compute_importances_many` runs the
+folds of several views (the pooled one and the symbol views) as one batch.
+:func:`cached_importances` reads a result computed before on the same inputs
+(:mod:`cohortflow.memo`).
 """
 
 from __future__ import annotations
@@ -285,6 +292,8 @@ class _View:
     columns: list[np.ndarray]  # the frame's feature columns (float64)
     probes: np.ndarray  # (rows with a target) x n_probes
     folds: list[tuple[np.ndarray, np.ndarray]]  # positions in ``rows``
+    timestamps: np.ndarray  # of the rows with a target
+    label_end: np.ndarray | None
 
     def matrix(self, idx: np.ndarray) -> np.ndarray:
         """Features and probes of the rows at positions ``idx`` (of the rows with a target)."""
@@ -331,6 +340,8 @@ def _prepare(
         columns=[frame[f].to_numpy(dtype=np.float64) for f in features],
         probes=make_probes(symbols, n_probes, settings.seed),
         folds=list(splitter.split(timestamps, groups=timestamps, label_end=label_end)),
+        timestamps=timestamps,
+        label_end=label_end,
     )
 
 
@@ -341,6 +352,8 @@ def _fold_importances(
     train_all, test = view.folds[k]
     n_est = settings.quick_estimators
     train = _subsample(train_all, IMPORTANCE_MAX_TRAIN_ROWS, (settings.seed, 0, k))
+    if EARLY_STOPPING_ROUNDS > 0:
+        return _fold_importances_early_stopped(view, k, train, test, settings, fit_settings)
     x_train, y_train = view.matrix(train), view.y[train]
     lgbm = lightgbm_regressor(fit_settings, n_estimators=n_est)
     fit_counted(lgbm, x_train, y_train)
@@ -355,6 +368,48 @@ def _fold_importances(
     held = _subsample(test, PERMUTATION_MAX_ROWS, (settings.seed, 1, k))
     perm = _permutation_drop(lgbm, view.matrix(held), view.y[held], fit_settings, k)
     log.debug("importances fold %d: %d train / %d test rows", k, train.size, test.size)
+    return gain, xgain, perm
+
+
+# An experiment (bench/stage_times.py --patch), off: early stopping of the importance models
+# on the last INNER_VALID_SHARE of each fold's training dates (purged), patience in rounds.
+EARLY_STOPPING_ROUNDS = 0
+INNER_VALID_SHARE = 0.2
+
+
+def _fold_importances_early_stopped(
+    view: _View,
+    k: int,
+    train: np.ndarray,
+    test: np.ndarray,
+    settings: Settings,
+    fit_settings: Settings,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    import lightgbm as lgb
+
+    ts = view.timestamps[train]
+    dates = np.unique(ts)
+    cut = dates[min(len(dates) - 1, int((1.0 - INNER_VALID_SHARE) * len(dates)))]
+    valid = train[ts >= cut]
+    ends = view.label_end[train] if view.label_end is not None else ts
+    inner = train[(ts < cut) & (ends < cut)]
+    x_in, y_in = view.matrix(inner), view.y[inner]
+    x_va, y_va = view.matrix(valid), view.y[valid]
+    n_est = settings.quick_estimators
+    lgbm = lightgbm_regressor(fit_settings, n_estimators=n_est)
+    fit_counted(
+        lgbm, x_in, y_in, eval_set=[(x_va, y_va)],
+        callbacks=[lgb.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)],
+    )  # fmt: skip
+    gain = lgbm.booster_.feature_importance(importance_type="gain")
+    xgbm = xgboost_regressor(fit_settings, n_estimators=n_est)
+    xgbm.set_params(early_stopping_rounds=EARLY_STOPPING_ROUNDS)
+    fit_counted(xgbm, x_in, y_in, eval_set=[(x_va, y_va)], verbose=False)
+    booster = xgbm.get_booster()[: xgbm.best_iteration + 1]
+    scores = booster.get_score(importance_type="total_gain")
+    xgain = np.array([scores.get(f"f{j}", 0.0) for j in range(len(view.names))])
+    held = _subsample(test, PERMUTATION_MAX_ROWS, (settings.seed, 1, k))
+    perm = _permutation_drop(lgbm, view.matrix(held), view.y[held], fit_settings, k)
     return gain, xgain, perm
 
 

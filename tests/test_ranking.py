@@ -163,8 +163,12 @@ def test_rank_target_rejects_missing_columns(panel):
         rank_target(panel, "fwd_ret_5", 5, [], SETTINGS)
 
 
-def test_folds_and_views_fitted_side_by_side_give_the_same_ranking(panel):
+@pytest.mark.parametrize("large_rows", [10**9, 500])  # 500: the pooled folds one at a time
+def test_folds_and_views_fitted_side_by_side_give_the_same_ranking(panel, monkeypatch, large_rows):
+    import cohortflow.ranking as ranking
+
     one = rank_target(panel, "fwd_ret_5", 5, FEATURES, SETTINGS.replace(fold_workers=1))
+    monkeypatch.setattr(ranking, "PARALLEL_MAX_ROWS", large_rows)
     two = rank_target(
         panel, "fwd_ret_5", 5, FEATURES, SETTINGS.replace(fold_workers=2, n_threads=2)
     )
