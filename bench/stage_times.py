@@ -311,20 +311,28 @@ def report_lines(result: dict[str, Any], reference: Any) -> list[str]:
     wall, cpu, counts = result["wall"], result["cpu"], result["counts"]
     total_wall = sum(wall.values())
     total_rr = sum(c["row_rounds"] for c in counts.values())
-    head = f"{'stage':<19}{'wall s':>9}{'CPU s':>9}{'M row-rounds':>14}{'fit_eff':>9}"
+    head = f"{'stage':<19}{'wall s':>9}{'CPU s':>9}{'M row-rounds':>14}{'fit_eff':>9}{'fits':>7}"
     out = [head, "-" * len(head)]
     for s in [*STAGES, "all"]:
         w = total_wall if s == "all" else wall[s]
         c = sum(cpu.values()) if s == "all" else cpu[s]
         rr = total_rr if s == "all" else counts[s]["row_rounds"]
+        fits = sum(
+            counts[x]["lightgbm"] + counts[x]["xgboost"] for x in (STAGES if s == "all" else [s])
+        )
         eff = efficiency(rr, w, reference) if reference else float("nan")
-        out.append(f"{s:<19}{w:>9.1f}{c:>9.1f}{rr / 1e6:>14.1f}{eff:>9.3f}")
+        eff_fits = efficiency(fits, w, reference) if reference else float("nan")
+        out.append(f"{s:<19}{w:>9.1f}{c:>9.1f}{rr / 1e6:>14.1f}{eff:>9.3f}{eff_fits:>7.3f}")
     for a in result["attempts"]:
         out.append(
             f"attempt {a['attempt']}: {sum(a['wall'].values()):.1f} s wall ("
             + ", ".join(f"{s} {a['wall'][s]:.1f}" for s in STAGES)
             + ")"
         )
+    out.append(
+        "fit_eff: row-rounds (fits + permutation row-trees) / wall / the reference fit's rate; "
+        "fits: the same with the fits' row-rounds only"
+    )
     return out
 
 
@@ -341,9 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         "--no-batch", action="store_true", help="importances view after view (no batch)"
     )
     parser.add_argument(
-        "--patch", action="append", default=[], metavar="MODULE.NAME=VALUE",
-        help="an experiment: set a core module's constant, e.g. "
-        "--patch selection.EARLY_STOPPING_ROUNDS=10",
+        "--experiment", action="append", default=[], metavar="NAME=VALUE",
+        help="an experiment of bench/experiments.py, e.g. importance_early_stopping=10",
     )  # fmt: skip
     parser.add_argument(
         "--set", action="append", default=[], metavar="KEY=VALUE",
@@ -363,10 +370,10 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(args.work or tempfile.mkdtemp(prefix="cohortflow-stages-"))
     data, settings_path, desc = prepare_case(args.case, work / args.case.replace(":", "_"))
     settings = load_settings(settings_path)
-    for item in args.patch:
-        name, value = item.split("=", 1)
-        module, attr = name.rsplit(".", 1)
-        setattr(importlib.import_module(f"cohortflow.{module}"), attr, yaml.safe_load(value))
+    for item in args.experiment:
+        import experiments
+
+        experiments.apply(item)
     if args.set:
         changes = {k: yaml.safe_load(v) for k, v in (kv.split("=", 1) for kv in args.set)}
         settings = settings.replace(**changes)

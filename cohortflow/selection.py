@@ -352,8 +352,6 @@ def _fold_importances(
     train_all, test = view.folds[k]
     n_est = settings.quick_estimators
     train = _subsample(train_all, IMPORTANCE_MAX_TRAIN_ROWS, (settings.seed, 0, k))
-    if EARLY_STOPPING_ROUNDS > 0:
-        return _fold_importances_early_stopped(view, k, train, test, settings, fit_settings)
     x_train, y_train = view.matrix(train), view.y[train]
     lgbm = lightgbm_regressor(fit_settings, n_estimators=n_est)
     fit_counted(lgbm, x_train, y_train)
@@ -368,48 +366,6 @@ def _fold_importances(
     held = _subsample(test, PERMUTATION_MAX_ROWS, (settings.seed, 1, k))
     perm = _permutation_drop(lgbm, view.matrix(held), view.y[held], fit_settings, k)
     log.debug("importances fold %d: %d train / %d test rows", k, train.size, test.size)
-    return gain, xgain, perm
-
-
-# An experiment (bench/stage_times.py --patch), off: early stopping of the importance models
-# on the last INNER_VALID_SHARE of each fold's training dates (purged), patience in rounds.
-EARLY_STOPPING_ROUNDS = 0
-INNER_VALID_SHARE = 0.2
-
-
-def _fold_importances_early_stopped(
-    view: _View,
-    k: int,
-    train: np.ndarray,
-    test: np.ndarray,
-    settings: Settings,
-    fit_settings: Settings,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    import lightgbm as lgb
-
-    ts = view.timestamps[train]
-    dates = np.unique(ts)
-    cut = dates[min(len(dates) - 1, int((1.0 - INNER_VALID_SHARE) * len(dates)))]
-    valid = train[ts >= cut]
-    ends = view.label_end[train] if view.label_end is not None else ts
-    inner = train[(ts < cut) & (ends < cut)]
-    x_in, y_in = view.matrix(inner), view.y[inner]
-    x_va, y_va = view.matrix(valid), view.y[valid]
-    n_est = settings.quick_estimators
-    lgbm = lightgbm_regressor(fit_settings, n_estimators=n_est)
-    fit_counted(
-        lgbm, x_in, y_in, eval_set=[(x_va, y_va)],
-        callbacks=[lgb.early_stopping(EARLY_STOPPING_ROUNDS, verbose=False)],
-    )  # fmt: skip
-    gain = lgbm.booster_.feature_importance(importance_type="gain")
-    xgbm = xgboost_regressor(fit_settings, n_estimators=n_est)
-    xgbm.set_params(early_stopping_rounds=EARLY_STOPPING_ROUNDS)
-    fit_counted(xgbm, x_in, y_in, eval_set=[(x_va, y_va)], verbose=False)
-    booster = xgbm.get_booster()[: xgbm.best_iteration + 1]
-    scores = booster.get_score(importance_type="total_gain")
-    xgain = np.array([scores.get(f"f{j}", 0.0) for j in range(len(view.names))])
-    held = _subsample(test, PERMUTATION_MAX_ROWS, (settings.seed, 1, k))
-    perm = _permutation_drop(lgbm, view.matrix(held), view.y[held], fit_settings, k)
     return gain, xgain, perm
 
 
