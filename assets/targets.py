@@ -1,424 +1,458 @@
-"""One set of per-attempt assets per target (an asset factory).
+"""One set of per-attempt assets per target (an asset factory), three steps each.
 
-Every asset here is partitioned by universe batch × attempt and lives under the target's
-key prefix (``fwd_ret_5/featureset`` …), so a researcher can materialize one horizon and
-the executor can run targets side by side. The bodies only gather inputs, call the core
-and describe the result; the IO manager writes the files.
+Each step is a multi-asset that computes one stage's artifacts in order and writes each
+as it is yielded (the IO manager), the stage's cohort snapshots last (they seal its
+folders), then evaluates the checks of what it wrote. The bodies only gather inputs,
+call :mod:`cohortflow.stages` and describe the result. A step can run for a subset of
+its assets (the UI's Materialize on one asset, a partial backfill): what it does not
+compute it reads back from the tree.
 
-Attempt semantics: attempt n uses every feature except those found leaking in attempts
-< n. Leaks that attempt n itself finds are recorded in its exclusions (its leakage check
-fails) and attempt n+1 runs without them.
+Keys are ``[target, artifact]`` and each target is its own asset group, so the lineage
+reads target by target: data -> exclusions -> ranking -> importances -> featureset ->
+OOF -> stack -> evaluation.
 """
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pandas as pd
-from dagster import AssetExecutionContext, AssetIn, AssetKey, AssetsDefinition, MetadataValue, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetIn,
+    AssetKey,
+    AssetOut,
+    AssetsDefinition,
+    Output,
+    multi_asset,
+)
 
-from assets.partitions import attempt_partitions, split_key
-from cohortflow import plots
+from cohortflow import plots, stages
 from cohortflow.bars import Universe
-from cohortflow.errors import ArtifactNotFoundError
-from cohortflow.features import Panel, feature_specs
-from cohortflow.layout import Scope
-from cohortflow.leakage import Exclusions, detect_leaks
-from cohortflow.ranking import TargetRanking, rank_target, symbols_for_view
-from cohortflow.selection import Featureset, compute_importances, prune
-from cohortflow.snapshots import draft_from_rows
-from cohortflow.stacking import split_train_test
-from cohortflow.store import StageSnapshots, csv_bytes
-from io_managers.keys import KIND_KEY as KIND
-from io_managers.keys import LOAD_KEY, STAGE_KEY
-from resources.cohortflow import CohortflowResource
+from cohortflow.domain import ArtifactKind, AssetRole, Step, roles_of
+from cohortflow.features import Panel
+from cohortflow.store import AttemptKey, read_test_predictions
+from cohortflow.version import code_version
+from cohortflow_dagster.assets.checks import check_results, check_specs
+from cohortflow_dagster.io_managers.canonical_store import LAST_PANEL
+from cohortflow_dagster.io_managers.keys import KIND_KEY, LOAD_KEY, STEP_TAG
+from cohortflow_dagster.metadata import frame_facts, joined, num, numbers, png, table
+from cohortflow_dagster.partitions import attempt_partitions, key_of
+from cohortflow_dagster.resources.cohortflow import CohortflowResource
 
-CS, SY = "CROSS_SECTIONAL", "SYMBOL_SPECIFIC"
+K = ArtifactKind
+
+DESCRIPTIONS: dict[ArtifactKind, str] = {
+    K.EXCLUSIONS: "Features excluded for {t}: name rules, the look-ahead test, the dominance "
+    "test, each with its evidence and the attempt that found it; attempt n inherits n-1's.",
+    K.RANKING_SNAPSHOTS: "How predictable {t} is, both views (pooled IC, rank IC, ICIR, "
+    "Newey-West t, OOF R²; per symbol R², AUC, IC), as cohort snapshots.",
+    K.IMPORTANCES: "Importances for {t}, both views: LightGBM gain, XGBoost gain, "
+    "permutation on held-out purged folds, and their rank combination (with random probes).",
+    K.FEATURESETS: "The features kept for {t} (in order) and each dropped one with its "
+    "reason: below the random probes, near-duplicate, excluded as a leak.",
+    K.SELECTION_SNAPSHOTS: "Cohort snapshots of {t}'s feature selection, both views.",
+    K.OOF: "Out-of-fold predictions of the base models for {t} on one purged fold plan "
+    "they share (training period only).",
+    K.STACKING: "The stacking model of {t}: a meta-learner on the OOF columns, base models "
+    "refit on the whole training window; native formats only.",
+    K.EVALUATION: "{t} on the held-out test period, scored with the stacking model as "
+    "loaded back from its native files: base models, equal weight, the stack.",
+    K.PORTFOLIO: "{t}'s held-out predictions as a factor: quantile returns, the long-short "
+    "spread and its Sharpe (deflated for the trials), turnover, IC decay.",
+    K.TRAINING_SNAPSHOTS: "The cohort snapshot of {t}'s training stage: OOF fold metrics, "
+    "the stack and its held-out evaluation.",
+}
+KINDS: dict[ArtifactKind, set[str]] = {
+    K.EXCLUSIONS: {"yaml"},
+    K.RANKING_SNAPSHOTS: {"lightgbm", "scikitlearn", "json"},
+    K.IMPORTANCES: {"lightgbm", "xgboost", "csv"},
+    K.FEATURESETS: {"json"},
+    K.SELECTION_SNAPSHOTS: {"json"},
+    K.OOF: {"lightgbm", "xgboost", "parquet"},
+    K.STACKING: {"lightgbm", "xgboost", "scikitlearn"},
+    K.EVALUATION: {"json"},
+    K.PORTFOLIO: {"json"},
+    K.TRAINING_SNAPSHOTS: {"json"},
+}
+PANEL = AssetKey("feature_panel")
+BARS = AssetKey("universe_bars")
 
 
-# --------------------------------------------------------------------------- helpers
-def _partition(context: AssetExecutionContext) -> tuple[str, int]:
-    batch, attempt = split_key(context.partition_key)
-    assert attempt is not None
-    return batch, attempt
+def asset_key(role: AssetRole, target: str) -> AssetKey:
+    return AssetKey([target, role.name]) if role.per_target else AssetKey(role.name)
 
 
-def _run_info(context: AssetExecutionContext) -> dict[str, Any]:
-    import socket
-    from datetime import UTC, datetime
-
+def outs(roles: tuple[AssetRole, ...], target: str) -> dict[str, AssetOut]:
     return {
-        "dagster_run_id": context.run.run_id,
-        "finished_at": datetime.now(UTC).isoformat(),
-        "host": socket.gethostname(),
+        role.name: AssetOut(
+            key=asset_key(role, target),
+            metadata={KIND_KEY: role.kind.value},
+            group_name=target,
+            description=DESCRIPTIONS[role.kind].format(t=target),
+            kinds=KINDS[role.kind],
+            tags={STEP_TAG: role.step.value},
+            is_required=False,
+            code_version=code_version(),
+        )
+        for role in roles
     }
 
 
-def _file_hashes(universe: Universe) -> dict[str, str]:
-    return {f.symbol: f.sha256 for f in universe.files}
+class StepRun:
+    """One run of a stage step: which of its assets are selected, where they live, and
+    the attempt they belong to."""
 
-
-def inherited_exclusions(excl: Exclusions, attempt: int) -> dict[str, str]:
-    """Features excluded for attempt ``attempt``: those found in earlier attempts."""
-    return {e.feature: e.reason for e in excl.entries if e.attempt < attempt}
-
-
-def usable_features(panel: Panel, excl: Exclusions, attempt: int) -> list[str]:
-    dropped = inherited_exclusions(excl, attempt)
-    return [f for f in panel.features if f not in dropped]
-
-
-def training_window(panel: Panel, target: str, horizon: int, settings: Any) -> pd.DataFrame:
-    """The panel rows before the held-out test period (and its gap): the only rows that
-    leakage detection, feature selection and training may look at."""
-    train, _, _ = split_train_test(panel.frame, target, horizon, settings)
-    return train
-
-
-def target_rows(frame: pd.DataFrame, target: str, symbol: str | None = None) -> pd.DataFrame:
-    keep = frame[target].notna().to_numpy()
-    if symbol is not None:  # one mask: copy the symbol's rows, not the whole panel first
-        keep = keep & (frame["symbol"] == symbol).to_numpy()
-    return frame[keep]
-
-
-def cohort_draft(
-    scope: Scope,
-    panel: Panel,
-    universe: Universe,
-    excl: Exclusions,
-    settings: Any,
-    *,
-    features: Sequence[str],
-    metrics: Mapping[str, Any],
-    key_metrics: Mapping[str, float],
-) -> Any:
-    """The cohort draft of a scope, on the panel rows of its view with a target."""
-    return draft_from_rows(
-        scope,
-        target_rows(panel.frame, scope.target, scope.symbol),
-        universe_sig=universe.universe_sig,
-        file_hashes=_file_hashes(universe),
-        features=features,
-        excluded=inherited_exclusions(excl, scope.attempt),
-        metrics=metrics,
-        key_metrics=key_metrics,
-        settings=settings.fingerprint_fields(),
-    )
-
-
-def _cs_and_symbols(items: Mapping[Scope, Any]) -> tuple[Any, dict[str, Any]]:
-    cs = next(v for s, v in items.items() if s.view == CS)
-    return cs, {s.symbol: v for s, v in items.items() if s.view == SY}
-
-
-def _png(fig_bytes: bytes) -> MetadataValue:
-    return MetadataValue.md(plots.markdown_image(fig_bytes))
-
-
-# --------------------------------------------------------------------------- factory
-def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
-    """The per-attempt assets of one target, keyed under ``[target, ...]``."""
-    common = dict(key_prefix=[target], partitions_def=attempt_partitions)
-    panel_in = {"feature_panel": AssetIn(key=AssetKey("feature_panel"))}
-    bars_in = {"universe_bars": AssetIn(key=AssetKey("universe_bars"))}
-    # snapshots need what the universe is (its signature and file hashes), not its bars
-    files_in = {
-        "universe_bars": AssetIn(key=AssetKey("universe_bars"), metadata={LOAD_KEY: "files"})
-    }
-
-    def own(*names: str) -> dict[str, AssetIn]:
-        """Inputs from this target's own assets (same key prefix)."""
-        return {n: AssetIn(key=AssetKey([target, n])) for n in names}
-
-    @asset(
-        name="feature_exclusions",
-        group_name="leakage",
-        kinds={"yaml"},
-        metadata={KIND: "feature_exclusions"},
-        ins={**panel_in, **bars_in},
-        description=f"Features excluded for {target}: name rules, look-ahead test, dominance "
-        "test, with evidence and the attempt that found each; inherited from attempt n-1.",
-        **common,
-    )
-    def feature_exclusions(
+    def __init__(
+        self,
         context: AssetExecutionContext,
         cohortflow: CohortflowResource,
-        feature_panel: Panel,
-        universe_bars: Universe,
-    ) -> dict[Scope, Exclusions]:
-        batch, attempt = _partition(context)
-        settings = cohortflow.settings()
-        inherited = None
-        if attempt > 0:
-            try:
-                previous = cohortflow.store().read_exclusions(target, batch, attempt - 1)
-            except ArtifactNotFoundError as exc:
-                raise ArtifactNotFoundError(
-                    f"attempt {attempt} of batch {batch} builds on attempt {attempt - 1}, "
-                    f"which has no exclusions for {target} yet: {exc}"
-                ) from None
-            inherited = next(v for s, v in previous.items() if s.view == CS)
-        specs = [
-            s
-            for s in feature_specs(_all_columns(universe_bars), settings)
-            if s.name in feature_panel.computed
+        step: Step,
+        target: str,
+        horizon: int,
+        panel: Panel,
+        universe: Universe,
+    ) -> None:
+        self.context = context
+        self.store = cohortflow.store()
+        self.settings = cohortflow.settings()
+        self.key: AttemptKey = key_of(context.partition_key, target)
+        self.keys = {role.kind: asset_key(role, target) for role in roles_of(step)}
+        self.selected = set(context.selected_asset_keys)
+        self.t = stages.TargetAttempt(
+            target,
+            horizon,
+            self.key.batch,
+            self.key.attempt,
+            self.settings,
+            panel,
+            universe,
+            stages.run_info(context.run.run_id),
+        )
+
+    @classmethod
+    def reading_data(
+        cls,
+        context: AssetExecutionContext,
+        cohortflow: CohortflowResource,
+        step: Step,
+        target: str,
+        horizon: int,
+    ) -> "StepRun":
+        """A step that loads the attempt's panel (shared in process: LAST_PANEL) and what
+        its universe is (files and hashes, no bars) from the tree itself."""
+        store = cohortflow.store()
+        key = key_of(context.partition_key)
+        panel = LAST_PANEL.get(store, key)
+        universe = store.read(K.UNIVERSE_BARS, key, bars=False)
+        return cls(context, cohortflow, step, target, horizon, panel, universe)
+
+    def wants(self, kind: ArtifactKind) -> bool:
+        return self.keys[kind] in self.selected
+
+    def get(self, kind: ArtifactKind, compute: Callable[[], Any]) -> Any:
+        """Computed when selected, else read back from the tree (a partial run)."""
+        if not self.wants(kind):
+            return self.store.read(kind, self.key)
+        t0 = time.perf_counter()
+        value = compute()
+        self.context.log.info(
+            f"{self.t.target} {kind.value}: computed in {time.perf_counter() - t0:.1f} s"
+        )
+        return value
+
+    def output(self, kind: ArtifactKind, value: Any, metadata: dict[str, Any]) -> Iterator[Output]:
+        if self.wants(kind):
+            yield Output(value, output_name=kind.value, metadata=metadata)
+
+    def snapshots(self, kind: ArtifactKind, compute: Callable[[], Any]) -> Iterator[Output]:
+        """The stage's cohort snapshots, when selected (they are never read back)."""
+        if self.wants(kind):
+            snaps = compute()
+            yield from self.output(kind, snaps, _snapshot_meta(snaps))
+
+    def checks(self) -> Iterator[Any]:
+        yield from check_results(
+            self.context, self.store, self.key, self.keys, self.settings.attempt_limit
+        )
+
+
+# --------------------------------------------------------------------------- metadata
+def _exclusions_meta(items: dict, batch_symbols: str) -> dict[str, Any]:
+    excl = stages.cross_sectional(items)
+    rows = pd.DataFrame(
+        [
+            {
+                "feature": e.feature,
+                "reason": e.reason,
+                "found_in_attempt": e.attempt,
+                "symbols": ", ".join(e.symbols) or "all",
+            }
+            for e in excl.entries
+        ],
+        columns=["feature", "reason", "found_in_attempt", "symbols"],
+    )
+    return {
+        "leaks_found_here": len(excl.found_here()),
+        "found": joined(f"{e.feature} ({e.reason})" for e in excl.found_here()),
+        "excluded_total": len(excl.excluded()),
+        "exclusions": table(rows),
+        "symbols": batch_symbols,
+    }
+
+
+def _snapshot_meta(snaps: Any) -> dict[str, Any]:
+    cs = snaps.drafts[0]
+    rows = pd.DataFrame(
+        [
+            {"view": d.scope.view.value, "symbol": d.scope.symbol or "all", "rows": d.rows}
+            | numbers(dict(d.key_metrics))
+            for d in snaps.drafts
         ]
-        # the dominance test sees the training window only: which features are excluded must
-        # not depend on the held-out period the stack is judged on
-        train_panel = dataclasses.replace(
-            feature_panel, frame=training_window(feature_panel, target, horizon, settings)
+    )
+    return {"cohort_id": cs.cohort_id, "cohorts": len(snaps.drafts), "key_metrics": table(rows)}
+
+
+def _importance_meta(t: stages.TargetAttempt, items: dict) -> dict[str, Any]:
+    cs = stages.cross_sectional(items)
+    combined = cs["combined"]
+    return {
+        "top_features": joined(combined["feature"].head(5)),
+        "combined_importance": table(combined),
+        "importance_plot": png(
+            plots.importance_bars(cs, title=f"{t.target}: feature importances (pooled)"),
+            f"{t.target} importances",
+        ),
+        **frame_facts(combined),
+    }
+
+
+def _featureset_meta(items: dict) -> dict[str, Any]:
+    cs = stages.cross_sectional(items)
+    rows = pd.DataFrame(
+        [{"feature": f, "kept": True, "reason": ""} for f in cs.kept]
+        + [{"feature": f, "kept": False, "reason": r} for f, r in cs.dropped.items()]
+    )
+    return {"kept": len(cs.kept), "dropped": len(cs.dropped), "features": table(rows, 60)}
+
+
+def _oof_meta(t: stages.TargetAttempt, oof: Any) -> dict[str, Any]:
+    folds = pd.DataFrame(oof.fold_metrics)
+    meta: dict[str, Any] = {
+        "folds": len(oof.fold_plan.folds),
+        "features": len(next(iter(oof.features.values()), ())),
+        "train_last": str(t.holdout.info.get("train_last", "")),
+        **frame_facts(oof.frame),
+    }
+    if not folds.empty and "rank_ic" in folds:
+        meta["fold_metrics"] = table(folds)
+        by_fold = folds.pivot_table(index="fold", columns="model", values="rank_ic")
+        meta["oof_rank_ic_by_fold"] = png(
+            plots.grouped_bars(by_fold, f"{t.target}: OOF rank IC by fold", "rank IC"),
+            f"{t.target} OOF rank IC",
         )
-        excl = detect_leaks(
-            train_panel, target, horizon, specs, universe_bars.bars, settings, attempt, inherited
-        )
-        out: dict[Scope, Exclusions] = {Scope(target, "TARGET_RANKING", CS, batch, attempt): excl}
-        # symbol-view folders exist only for the symbols that get that view (each completes
-        # when its ranking cohort is written)
-        for symbol in symbols_for_view(feature_panel.frame, target, settings.symbol_views):
-            out[Scope(target, "TARGET_RANKING", SY, batch, attempt, symbol)] = excl.for_symbol(
-                symbol
-            )
-        found = excl.found_here()
-        context.add_output_metadata(
+        for model, value in folds.groupby("model")["rank_ic"].mean().items():
+            meta[f"oof_rank_ic_{model}"] = num(value)
+    return meta
+
+
+def _stack_meta(t: stages.TargetAttempt, result: Any) -> dict[str, Any]:
+    scores = pd.DataFrame(
+        [
             {
-                "leaks_found_here": len(found),
-                "found": ", ".join(f"{e.feature} ({e.reason})" for e in found) or "none",
-                "excluded_total": len(excl.excluded()),
+                "model": m,
+                **numbers({k: v for k, v in d.items() if k in ("r2", "rank_ic", "ic", "icir")}),
             }
-        )
-        return out
-
-    @asset(
-        name="cohort_snapshot_target_ranking",
-        group_name="target_ranking",
-        kinds={"lightgbm", "scikitlearn", "json"},
-        metadata={KIND: "cohort_snapshot", STAGE_KEY: "TARGET_RANKING"},
-        ins={**panel_in, **files_in, **own("feature_exclusions")},
-        description=f"How predictable {target} is, both views (pooled IC, rank IC, ICIR, "
-        "Newey-West t, OOF R²; per symbol R², AUC, IC), as cohort snapshots.",
-        **common,
+            for m, d in result.test_metrics.items()
+            if isinstance(d, dict) and "rank_ic" in d
+        ]
     )
-    def cohort_snapshot_target_ranking(
-        context: AssetExecutionContext,
-        cohortflow: CohortflowResource,
-        feature_panel: Panel,
-        universe_bars: Universe,
-        feature_exclusions: dict[Scope, Exclusions],
-    ) -> StageSnapshots:
-        batch, attempt = _partition(context)
-        settings = cohortflow.settings()
-        excl, _ = _cs_and_symbols(feature_exclusions)
-        features = usable_features(feature_panel, excl, attempt)
-        symbols = symbols_for_view(feature_panel.frame, target, settings.symbol_views)
-        ranking: TargetRanking = rank_target(
-            feature_panel.frame, target, horizon, features, settings, symbols=symbols
+    weights = pd.DataFrame({"model": list(result.weights), "weight": list(result.weights.values())})
+    stack = result.test_metrics["stack"]
+    meta: dict[str, Any] = {
+        "weights": table(weights),
+        "test_metrics": table(scores),
+        "stack_test_rank_ic": num(stack.get("rank_ic")),
+        "weights_plot": png(
+            plots.bar_chart(
+                list(result.weights),
+                list(result.weights.values()),
+                f"{t.target}: stack weights",
+                "weight",
+            ),
+            f"{t.target} stack weights",
+        ),
+    }
+    if stack.get("r2") is not None:  # None for a logistic (sign) meta-learner
+        meta["stack_test_r2"] = num(stack["r2"])
+    if not scores.empty:
+        meta["test_metrics_plot"] = png(
+            plots.grouped_bars(
+                scores.set_index("model")[["r2", "rank_ic"]].astype(float),
+                f"{t.target}: held-out test",
+                "score",
+            ),
+            f"{t.target} held-out test",
         )
-        stage = "TARGET_RANKING"
-        drafts, extras = [], {}
-        for view in (ranking.cross_sectional, *ranking.symbol_specific):
-            scope = Scope(target, stage, view.view, batch, attempt, view.symbol)
-            score = ranking.score if view.symbol is None else None
-            drafts.append(
-                cohort_draft(
-                    scope,
-                    feature_panel,
-                    universe_bars,
-                    excl,
-                    settings,
-                    features=features,
-                    metrics=view.metrics,
-                    key_metrics=_key_metrics(view.metrics, score),
-                )  # fmt: skip
-            )
-            extras[scope] = {
-                f"feature_importances/{model}_importances.csv": csv_bytes(frame)
-                for model, frame in view.importances.items()
-            }
-            extras[scope]["fold_plan.json"] = _json_bytes(view.fold_plan.to_dict())
-        cs_key = drafts[0].key_metrics
-        context.add_output_metadata(
-            {
-                "cohort_id": drafts[0].cohort_id,
-                "score": float(ranking.score),
-                **{k: float(v) for k, v in cs_key.items() if isinstance(v, int | float)},
-                "symbols": len(ranking.symbol_specific),
-            }
-        )
-        return StageSnapshots(
-            stage, target, batch, attempt, tuple(drafts), extras, _run_info(context)
-        )
+    return meta
 
-    @asset(
-        name="feature_importances",
-        group_name="feature_selection",
-        kinds={"lightgbm", "xgboost", "csv"},
-        metadata={KIND: "feature_importances"},
-        ins={**panel_in, **own("feature_exclusions")},
-        description=f"Importances for {target}, both views: LightGBM gain, XGBoost gain, "
-        "permutation on held-out purged folds, and their rank combination (with probes).",
-        **common,
+
+def _evaluation_meta(report: dict[str, Any]) -> dict[str, Any]:
+    m = report["metrics_from_loaded_model"]
+    meta: dict[str, Any] = {
+        "stack_rank_ic": num(m["stack"].get("rank_ic")),
+        "reproduces_saved_predictions": report["reproduces_saved_predictions"],
+        "test_rows": report["test_rows"],
+    }
+    if m["stack"].get("r2") is not None:
+        meta["stack_r2"] = num(m["stack"]["r2"])
+    return meta
+
+
+def _portfolio_meta(t: stages.TargetAttempt, doc: dict[str, Any]) -> dict[str, Any]:
+    from cohortflow.portfolio import portfolio_summary
+
+    summary = portfolio_summary(doc)
+    means = doc["mean_return_by_quantile"]
+    quantiles = pd.DataFrame(
+        {"quantile": [f"Q{k}" for k in range(1, len(means) + 1)], "mean_return": means}
     )
-    def feature_importances(
-        context: AssetExecutionContext,
-        cohortflow: CohortflowResource,
-        feature_panel: Panel,
-        feature_exclusions: dict[Scope, Exclusions],
-    ) -> dict[Scope, dict[str, pd.DataFrame]]:
-        batch, attempt = _partition(context)
-        settings = cohortflow.settings()
-        excl, _ = _cs_and_symbols(feature_exclusions)
-        features = usable_features(feature_panel, excl, attempt)
-        out: dict[Scope, dict[str, pd.DataFrame]] = {}
-        train = training_window(feature_panel, target, horizon, settings)
-        for symbol in [None, *symbols_for_view(feature_panel.frame, target, settings.symbol_views)]:
-            scope = Scope(target, "FEATURE_SELECTION", SY if symbol else CS, batch, attempt, symbol)
-            rows = target_rows(train, target, symbol)
-            out[scope] = compute_importances(rows, target, horizon, features, settings)
-        cs = out[Scope(target, "FEATURE_SELECTION", CS, batch, attempt)]
-        meta: dict[str, Any] = {
-            "top_features": ", ".join(cs["combined"]["feature"].head(5)),
-        }
-        meta["importance_plot"] = _png(plots.importance_bars(cs, title=f"{target}: importances"))
-        context.add_output_metadata(meta)
-        return out
+    return {
+        **{k: num(v) if isinstance(v, float) else v for k, v in summary.items()},
+        "mean_return_by_quantile": table(quantiles),
+        "portfolio_plot": png(plots.portfolio_plot(doc, t.target), f"{t.target} portfolio"),
+    }
 
-    @asset(
-        name="featureset",
-        group_name="feature_selection",
-        kinds={"json"},
-        metadata={KIND: "featureset"},
-        ins={**panel_in, **own("feature_importances", "feature_exclusions")},
-        description=f"The features kept for {target} (in order) and each dropped one with its "
-        "reason: below the random probes, near-duplicate, excluded as a leak.",
-        **common,
-    )
-    def featureset(
-        context: AssetExecutionContext,
-        cohortflow: CohortflowResource,
-        feature_panel: Panel,
-        feature_importances: dict[Scope, dict[str, pd.DataFrame]],
-        feature_exclusions: dict[Scope, Exclusions],
-    ) -> dict[Scope, Featureset]:
-        batch, attempt = _partition(context)
-        settings = cohortflow.settings()
-        excl, _ = _cs_and_symbols(feature_exclusions)
-        excluded = sorted(inherited_exclusions(excl, attempt))
-        out = {}
-        train = training_window(feature_panel, target, horizon, settings)
-        for scope, importances in feature_importances.items():
-            rows = target_rows(train, target, scope.symbol)
-            # every feature goes in, so the leaks excluded earlier are listed as dropped
-            out[scope] = prune(
-                importances, rows, list(feature_panel.features), target, scope.view,
-                scope.symbol, settings, excluded=excluded,
-            )  # fmt: skip
-        cs = out[Scope(target, "FEATURE_SELECTION", CS, batch, attempt)]
-        context.add_output_metadata(
-            {"kept": len(cs.kept), "dropped": len(cs.dropped), "features": ", ".join(cs.kept)}
+
+# --------------------------------------------------------------------------- the factory
+def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
+    """The three stage steps of one target, keyed under ``[target, ...]``.
+
+    Lineage: each artifact depends on the one before it in the stage chain (data ->
+    exclusions -> ranking snapshots; exclusions -> importances -> featureset -> selection
+    snapshots; featureset -> OOF -> stack -> evaluation, portfolio -> training snapshots),
+    so the graph reads as a line per target. The later steps also read the attempt's panel
+    and universe; they load them from the tree themselves rather than draw an edge from
+    the data to every artifact.
+    """
+    panel_in = {"feature_panel": AssetIn(key=PANEL)}
+    # the ranking stage needs what the universe is (signature, file hashes), not its bars
+    files_in = {"universe_bars": AssetIn(key=BARS, metadata={LOAD_KEY: "files"})}
+
+    def own(kind: ArtifactKind) -> dict[str, AssetIn]:
+        return {kind.value: AssetIn(key=AssetKey([target, kind.value]))}
+
+    def step_asset(step: Step, ins: dict[str, AssetIn], deps: dict[str, set[AssetKey]]):
+        roles = roles_of(step)
+        keys = {role.kind: asset_key(role, target) for role in roles}
+        return multi_asset(
+            name=f"{target}__{step.value}",
+            outs=outs(roles, target),
+            ins=ins,
+            internal_asset_deps=deps,
+            check_specs=check_specs(keys),
+            partitions_def=attempt_partitions,
+            can_subset=True,
+            op_tags={"cohortflow/step": step.value, "cohortflow/target": target},
         )
-        return out
 
-    @asset(
-        name="cohort_snapshot_feature_selection",
-        group_name="feature_selection",
-        kinds={"json"},
-        metadata={KIND: "cohort_snapshot", STAGE_KEY: "FEATURE_SELECTION"},
-        ins={
-            **panel_in,
-            **files_in,
-            **own("feature_importances", "featureset", "feature_exclusions"),
+    key = {role.kind: asset_key(role, target) for role in (r for s in Step for r in roles_of(s))}
+
+    @step_asset(
+        Step.TARGET_RANKING,
+        {**panel_in, **files_in},
+        {
+            K.EXCLUSIONS.value: {PANEL, BARS},
+            K.RANKING_SNAPSHOTS.value: {key[K.EXCLUSIONS]},
         },
-        description=f"Cohort snapshots of {target}'s feature selection, both views.",
-        **common,
     )
-    def cohort_snapshot_feature_selection(
+    def target_ranking(
         context: AssetExecutionContext,
         cohortflow: CohortflowResource,
         feature_panel: Panel,
         universe_bars: Universe,
-        feature_importances: dict[Scope, dict[str, pd.DataFrame]],
-        featureset: dict[Scope, Featureset],
-        feature_exclusions: dict[Scope, Exclusions],
-    ) -> StageSnapshots:
-        batch, attempt = _partition(context)
-        settings = cohortflow.settings()
-        excl, _ = _cs_and_symbols(feature_exclusions)
-        drafts = []
-        for scope, fs in sorted(
-            featureset.items(), key=lambda kv: (kv[0].view, kv[0].symbol or "")
-        ):
-            combined = feature_importances[scope]["combined"]
-            metrics = {
-                "selection": {
-                    "kept": list(fs.kept),
-                    "dropped": dict(fs.dropped),
-                    "rule": dict(fs.rule),
-                    "top": combined.head(10).to_dict(orient="records"),
-                }
-            }
-            key_metrics = {
-                "n_kept": len(fs.kept),
-                "n_dropped": len(fs.dropped),
-                "top_share": float(combined["share"].iloc[0]) if len(combined) else 0.0,
-            }
-            drafts.append(
-                cohort_draft(
-                    scope,
-                    feature_panel,
-                    universe_bars,
-                    excl,
-                    settings,
-                    features=list(fs.kept),
-                    metrics=metrics,
-                    key_metrics=key_metrics,
-                )  # fmt: skip
-            )
-        context.add_output_metadata({"cohort_id": drafts[0].cohort_id, "cohorts": len(drafts)})
-        return StageSnapshots(
-            "FEATURE_SELECTION", target, batch, attempt, tuple(drafts), {}, _run_info(context)
+    ):
+        run = StepRun(
+            context, cohortflow, Step.TARGET_RANKING, target, horizon, feature_panel, universe_bars
         )
+        t = run.t
 
-    from assets.training import build_training_assets
+        def exclusions() -> Any:
+            previous = None
+            if t.attempt > 0:
+                earlier = run.store.read(K.EXCLUSIONS, AttemptKey(t.batch, t.attempt - 1, target))
+                previous = stages.cross_sectional(earlier)
+            with_bars = dataclasses.replace(
+                t, universe=run.store.read(K.UNIVERSE_BARS, AttemptKey(t.batch, t.attempt))
+            )
+            return stages.find_exclusions(with_bars, previous)
 
-    return [
-        feature_exclusions,
-        cohort_snapshot_target_ranking,
-        feature_importances,
-        featureset,
-        cohort_snapshot_feature_selection,
-        *build_training_assets(target, horizon, common, {**panel_in, **files_in}, own),
-    ]
+        excl = run.get(K.EXCLUSIONS, exclusions)
+        yield from run.output(
+            K.EXCLUSIONS, excl, _exclusions_meta(excl, joined(t.universe.symbols))
+        )
+        yield from run.snapshots(K.RANKING_SNAPSHOTS, lambda: stages.rank(t, excl))
+        yield from run.checks()
 
+    @step_asset(
+        Step.FEATURE_SELECTION,
+        own(K.EXCLUSIONS),
+        {
+            K.IMPORTANCES.value: {key[K.EXCLUSIONS]},
+            K.FEATURESETS.value: {key[K.IMPORTANCES]},
+            K.SELECTION_SNAPSHOTS.value: {key[K.FEATURESETS]},
+        },
+    )
+    def feature_selection(
+        context: AssetExecutionContext, cohortflow: CohortflowResource, feature_exclusions: dict
+    ):
+        run = StepRun.reading_data(context, cohortflow, Step.FEATURE_SELECTION, target, horizon)
+        t, excl = run.t, feature_exclusions
+        imps = run.get(K.IMPORTANCES, lambda: stages.importances(t, excl))
+        yield from run.output(K.IMPORTANCES, imps, _importance_meta(t, imps))
+        if run.wants(K.FEATURESETS) or run.wants(K.SELECTION_SNAPSHOTS):
+            fsets = run.get(K.FEATURESETS, lambda: stages.featuresets(t, imps, excl))
+            yield from run.output(K.FEATURESETS, fsets, _featureset_meta(fsets))
+            yield from run.snapshots(
+                K.SELECTION_SNAPSHOTS, lambda: stages.selection_snapshots(t, imps, fsets, excl)
+            )
+        yield from run.checks()
 
-def _all_columns(universe: Universe) -> set[str]:
-    common: set[str] | None = None
-    for frame in universe.bars.values():
-        common = set(frame.columns) if common is None else common & set(frame.columns)
-    return common or set()
+    @step_asset(
+        Step.TRAINING,
+        own(K.FEATURESETS),
+        {
+            K.OOF.value: {key[K.FEATURESETS]},
+            K.STACKING.value: {key[K.OOF]},
+            K.EVALUATION.value: {key[K.STACKING]},
+            K.PORTFOLIO.value: {key[K.STACKING]},
+            K.TRAINING_SNAPSHOTS.value: {key[K.EVALUATION], key[K.PORTFOLIO]},
+        },
+    )
+    def training(context: AssetExecutionContext, cohortflow: CohortflowResource, featureset: dict):
+        run = StepRun.reading_data(context, cohortflow, Step.TRAINING, target, horizon)
+        t = run.t
+        needs_oof = run.wants(K.OOF) or run.wants(K.STACKING) or run.wants(K.TRAINING_SNAPSHOTS)
+        oof = run.get(K.OOF, lambda: stages.oof_dataset(t, featureset)) if needs_oof else None
+        if oof is not None:
+            yield from run.output(K.OOF, oof, _oof_meta(t, oof))
+        if run.wants(K.STACKING):
+            result = stages.stacking_model(t, featureset, oof)
+            yield from run.output(K.STACKING, result, _stack_meta(t, result))
+        rest = (K.EVALUATION, K.PORTFOLIO, K.TRAINING_SNAPSHOTS)
+        if any(run.wants(k) for k in rest):
+            # scored as a user loads it: from the files the store just wrote
+            stack = run.store.read(K.STACKING, run.key)
+            saved = read_test_predictions(run.store, run.key)
+            report = run.get(K.EVALUATION, lambda: stages.evaluation(t, stack, saved))
+            yield from run.output(K.EVALUATION, report, _evaluation_meta(report))
+            folio = run.get(K.PORTFOLIO, lambda: stages.portfolio(t, saved))
+            yield from run.output(K.PORTFOLIO, folio, _portfolio_meta(t, folio))
+            yield from run.snapshots(
+                K.TRAINING_SNAPSHOTS,
+                lambda: stages.training_snapshots(t, featureset, oof, report, folio),
+            )
+        yield from run.checks()
 
-
-def _json_bytes(doc: Any) -> bytes:
-    from cohortflow.canonical import canonical_json_bytes
-
-    return canonical_json_bytes(doc)
-
-
-def _key_metrics(metrics: Mapping[str, Any], score: float | None) -> dict[str, float]:
-    """The flat headline numbers of a ranking cohort (per model summaries)."""
-    out: dict[str, float] = {}
-    for model, doc in sorted(metrics.items()):
-        summary = doc.get("summary", {}) if isinstance(doc, Mapping) else {}
-        for name, value in sorted(summary.items()):
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                out[f"{model}.{name}"] = float(value)
-    if score is not None:
-        out["score"] = float(score)
-    return out
-
-
-def flatten_targets(targets: Sequence[tuple[str, int]]) -> list[AssetsDefinition]:
-    out: list[AssetsDefinition] = []
-    for target, horizon in targets:
-        out += build_target_assets(target, horizon)
-    return out
+    return [target_ranking, feature_selection, training]

@@ -34,8 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cohortflow.index import CohortIndex  # noqa: E402
-from cohortflow.layout import STAGES, VIEWS, find_cohort, walk_cohorts  # noqa: E402
+from cohortflow.index import CohortIndex, find_cohort  # noqa: E402
+from cohortflow.layout import STAGES, VIEWS, walk_cohorts  # noqa: E402
 
 TARGETS = tuple(f"fwd_ret_{h}" for h in (1, 2, 3, 5, 10, 15, 20, 30, 60, 120))
 SYMBOLS = ("AAPL", "AMZN", "GOOG", "META", "MSFT", "NVDA", "TSLA", "JPM")

@@ -46,7 +46,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import lightgbm as lgb  # noqa: E402
 import xgboost as xgb  # noqa: E402
-from run import alternate  # noqa: E402  (bench/run.py)
+from common import alternate  # noqa: E402  (bench/common.py)
 from sklearn.model_selection import cross_val_predict  # noqa: E402
 
 from cohortflow.models import make_base_model  # noqa: E402

@@ -44,6 +44,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 from bench_oof import HORIZON, TARGET, synthetic_panel  # noqa: E402
+from common import machine_info  # noqa: E402
 
 import cohortflow.oof as oof_mod  # noqa: E402
 from cohortflow.models import lightgbm_regressor, make_base_model  # noqa: E402
@@ -115,12 +116,7 @@ def machine_lines() -> list[str]:
     import lightgbm
     import xgboost
 
-    cpu = "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+    cpu = machine_info()["cpu"]
     gpu = "none"
     with contextlib.suppress(OSError, subprocess.SubprocessError):
         gpu = subprocess.run(

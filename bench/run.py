@@ -16,6 +16,8 @@ Measures:
 * ``store_write_ratio`` = bare pyarrow write time / time of the IO manager's
   ``handle_output`` for the same OOF frame (goal >= 0.9); ``store_write_ratio_durable``
   gives the bare side the fsync the store's atomic writes do;
+* ``concurrency_ratio``: ``bench/bench_concurrency.py``, three partition runs in turn / the
+  same three together (goal >= 0.85);
 * ``lookup_ms`` / ``list_ms``: ``bench/bench_index.py`` on 100,000 cohorts (5,000 quick).
 
 Times are medians of repeats (5 for the full graph case), sides alternating; the machine
@@ -25,25 +27,30 @@ Times are medians of repeats (5 for the full graph case), sides alternating; the
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
-import io
 import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import (  # noqa: E402
+    REPO,
+    Row,
+    alternate,
+    captured,
+    format_table,
+    last_line_pairs,
+    machine_info,
+    median_s,
+    save,
+)
+
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "bench"))
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
@@ -52,73 +59,8 @@ import yaml  # noqa: E402
 
 from cohortflow.settings import Settings, load_settings  # noqa: E402
 
-RESULTS = REPO / "bench" / "results"
-STAGES = ("data", "leakage", "target_ranking", "feature_selection", "training")
-PACKAGES = ("dagster", "pandas", "numpy", "pyarrow", "lightgbm", "xgboost", "scikit-learn")
-
-
-# --------------------------------------------------------------------------- machine
-def machine_info() -> dict[str, str]:
-    """Cores, CPU model, load, Python and package versions: what the numbers ran on."""
-    cpu = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    info = {
-        "cores": str(usable),
-        "cpu": cpu,
-        "load_1m": f"{os.getloadavg()[0]:.2f}",
-        "python": platform.python_version(),
-    }
-    for name in PACKAGES:
-        with contextlib.suppress(metadata.PackageNotFoundError):
-            info[name] = metadata.version(name)
-    return info
-
-
-# --------------------------------------------------------------------------- timing
-def median_s(samples: list[float]) -> float:
-    return statistics.median(samples) if samples else float("nan")
-
-
-def alternate(
-    sides: Mapping[str, Callable[[], Any]],
-    repeats: int,
-    warmup: bool = True,
-    cpu: dict[str, list[float]] | None = None,
-) -> dict[str, list[float]]:
-    """Wall seconds of each side, ``repeats`` times, the order flipped every repeat (so load
-    drifts on a shared machine hit both sides alike); one untimed warm-up each first.
-    ``cpu``, when given, gets each call's CPU seconds of the process (all threads) too."""
-    names = list(sides)
-    if warmup:
-        for name in names:
-            sides[name]()
-    out: dict[str, list[float]] = {name: [] for name in names}
-    for r in range(repeats):
-        for name in names if r % 2 == 0 else names[::-1]:
-            t0, c0 = time.perf_counter(), time.process_time()
-            sides[name]()
-            out[name].append(time.perf_counter() - t0)
-            if cpu is not None:
-                cpu.setdefault(name, []).append(time.process_time() - c0)
-    return out
-
-
-def last_line_pairs(text: str) -> dict[str, str]:
-    """The ``key=value`` pairs of the last non-empty line of a colleague script's output."""
-    line = [ln for ln in text.splitlines() if ln.strip()][-1]
-    return dict(item.split("=", 1) for item in line.split() if "=" in item)
-
-
-def captured(fn: Callable[[], Any]) -> str:
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        fn()
-    return buf.getvalue()
+#: the graph's steps (exclusions are found in the target_ranking step)
+STAGES = ("data", "target_ranking", "feature_selection", "training")
 
 
 # --------------------------------------------------------------------------- the graph
@@ -183,27 +125,20 @@ def bare_graph(
     attempt: int = 0,
     on_lap: Callable[[str], None] | None = None,
 ) -> dict[str, float]:
-    """The computations of one attempt of the graph with no Dagster and no store: the same
-    core calls as the asset bodies (assets/), in their order, stage by stage.
+    """The computations of one attempt of the graph with no Dagster and no store: the
+    functions of :mod:`cohortflow.stages` the asset bodies call, in their order.
 
-    Included: loading and validating the bars, the feature panel, the train/test split,
-    leak detection and feature selection on the training window, target
-    ranking (both views), importances and pruning (both views), OOF, the stack (meta-learner,
-    refit, held-out scoring) and every cohort draft (fingerprints, data profiles). Left
-    out, because they are what the graph adds: artifact files, cohort finalisation
-    (manifests, diffs, the index), the registry, plots and the evaluation's reload of the
-    saved stack. Returns wall seconds per stage (the stages of ``cli.runner._stage_of``);
-    ``on_lap(stage)`` is called as each piece of a stage ends (stages repeat per target).
+    Included: loading and validating the bars, the feature panel, the holdout split, leak
+    detection, target ranking and feature selection (both views, with their cohort drafts),
+    OOF, the stack, the portfolio and the training cohort. Left out, because they are what
+    the graph adds: artifact files, the seal, cohort finalisation (manifests, diffs, the
+    index), the registry, plots and the evaluation's reload of the saved stack. Returns wall
+    seconds per stage (the laps of ``cli.runner``'s step events); ``on_lap(stage)`` is
+    called as each piece of a stage ends (stages repeat per target).
     """
+    from cohortflow import stages
     from cohortflow.bars import load_universe
-    from cohortflow.features import build_panel, feature_specs
-    from cohortflow.layout import Scope
-    from cohortflow.leakage import detect_leaks
-    from cohortflow.oof import generate_oof
-    from cohortflow.ranking import rank_target, symbols_for_view
-    from cohortflow.selection import compute_importances, prune
-    from cohortflow.snapshots import draft_from_rows
-    from cohortflow.stacking import fit_stacking, split_train_test
+    from cohortflow.features import build_panel
 
     seconds = dict.fromkeys(STAGES, 0.0)
     clock = time.perf_counter()
@@ -218,70 +153,24 @@ def bare_graph(
 
     universe = load_universe(data_dir, settings)
     panel = build_panel(universe, settings)
-    frame = panel.frame
-    hashes = {f.symbol: f.sha256 for f in universe.files}
-    fp = settings.fingerprint_fields()
     lap("data")
-    common = set.intersection(*(set(b.columns) for b in universe.bars.values()))
-    specs = [s for s in feature_specs(common, settings) if s.name in panel.computed]
-
-    def rows_of(rows: pd.DataFrame, target: str, symbol: str | None) -> pd.DataFrame:
-        keep = rows[target].notna().to_numpy()  # as assets.targets.target_rows
-        if symbol is not None:
-            keep = keep & (rows["symbol"] == symbol).to_numpy()
-        return rows[keep]
-
-    def draft(scope: Scope, rows: pd.DataFrame, features: Any, metrics: Any) -> Any:
-        return draft_from_rows(
-            scope,
-            rows,
-            universe_sig=universe.universe_sig,
-            file_hashes=hashes,
-            features=list(features),
-            excluded={},
-            metrics=metrics,
-            key_metrics={},
-            settings=fp,
+    for horizon, target in zip(settings.horizons, settings.targets, strict=True):
+        t = stages.TargetAttempt(
+            target, horizon, universe.batch, attempt, settings, panel, universe
         )
-
-    for horizon in settings.horizons:
-        target = f"fwd_ret_{horizon}"
-        # leakage and selection see the training window only, as the assets do
-        train, test, info = split_train_test(frame, target, horizon, settings)
-        train_panel = dataclasses.replace(panel, frame=train)
-        excl = detect_leaks(
-            train_panel, target, horizon, specs, universe.bars, settings, attempt, None
-        )
-        dropped = {e.feature for e in excl.entries if e.attempt < attempt}
-        features = [f for f in panel.features if f not in dropped]
-        lap("leakage")
-
-        symbols = symbols_for_view(frame, target, settings.symbol_views)
-        ranking = rank_target(frame, target, horizon, features, settings, symbols=symbols)
-        for view in (ranking.cross_sectional, *ranking.symbol_specific):
-            scope = Scope(target, "TARGET_RANKING", view.view, universe.batch, attempt, view.symbol)
-            draft(scope, rows_of(frame, target, view.symbol), features, view.metrics)
+        excl = stages.find_exclusions(t, None)
+        stages.rank(t, excl)
         lap("target_ranking")
-
-        featuresets = {}
-        for symbol in [None, *symbols]:
-            view = "SYMBOL_SPECIFIC" if symbol else "CROSS_SECTIONAL"
-            scope = Scope(target, "FEATURE_SELECTION", view, universe.batch, attempt, symbol)
-            rows = rows_of(train, target, symbol)
-            importances = compute_importances(rows, target, horizon, features, settings)
-            fs = prune(
-                importances, rows, list(panel.features), target, view, symbol, settings,
-                excluded=sorted(dropped),
-            )  # fmt: skip
-            draft(scope, rows_of(frame, target, symbol), fs.kept, {"kept": list(fs.kept)})
-            featuresets[symbol] = fs
+        imps = stages.importances(t, excl)
+        fsets = stages.featuresets(t, imps, excl)
+        stages.selection_snapshots(t, imps, fsets, excl)
         lap("feature_selection")
-
-        kept = list(featuresets[None].kept)
-        oof = generate_oof(train, target, horizon, kept, settings)
-        stack = fit_stacking(oof, train, test, target, horizon, kept, settings, split_info=info)
-        scope = Scope(target, "TRAINING", "CROSS_SECTIONAL", universe.batch, attempt)
-        draft(scope, train[train[target].notna()], kept, {"test": stack.test_metrics})
+        oof = stages.oof_dataset(t, fsets)
+        stack = stages.stacking_model(t, fsets, oof)
+        folio = stages.portfolio(t, stack.test_predictions)
+        scores = {k: v for k, v in stack.test_metrics.items() if isinstance(v, dict)}
+        evaluated = {"metrics_from_loaded_model": scores}
+        stages.training_snapshots(t, fsets, oof, evaluated, folio)
         lap("training")
     return seconds
 
@@ -292,24 +181,11 @@ def dagster_graph(
     """One attempt of ``cohortflow_job`` in process, as ``cohortflow run`` does it: seconds
     of ``execute_in_process`` alone (registration and reading back excluded) and per stage
     (from Dagster's step events)."""
-    from cli.runner import run_universe
+    from cohortflow_dagster.cli.runner import run_universe
 
     result = run_universe(str(data_dir), str(output_root), str(settings_path))
     outcome = result.attempts[0]
     return outcome.seconds, outcome.stage_seconds
-
-
-@dataclass
-class Row:
-    measure: str
-    a_label: str
-    a_s: float
-    b_label: str
-    b_s: float
-    value: float
-    goal: str
-    note: str = ""
-    pairs: dict[str, str] = dataclasses.field(default_factory=dict)  # for the last line
 
 
 def measure_graph(quick: bool, work: Path) -> tuple[list[Row], list[str]]:
@@ -355,7 +231,7 @@ def measure_graph(quick: bool, work: Path) -> tuple[list[Row], list[str]]:
         f"bare {[round(x, 1) for x in times['bare']]}",
         f"  CPU s: dagster {[round(x, 1) for x in cpu['dagster']]}, "
         f"bare {[round(x, 1) for x in cpu['bare']]}",
-        f"  Dagster's own cost: {d - b:.1f} s over {steps} steps (asset and check steps), "
+        f"  Dagster's own cost: {d - b:.1f} s over {steps} steps, "
         f"{(d - b) / steps:.2f} s a step; it does not grow with the data",
     ]
     row = Row(
@@ -388,7 +264,7 @@ def measure_graph(quick: bool, work: Path) -> tuple[list[Row], list[str]]:
 
 def graph_steps(settings_path: Path, work: Path) -> int:
     """Steps of one attempt of ``cohortflow_job`` for these settings (assets and checks)."""
-    from cli.runner import whole_graph_job
+    from cohortflow_dagster.cli.runner import whole_graph_job
 
     job = whole_graph_job(str(work / "graph" / "data"), str(work / "steps"), str(settings_path))
     return len(job.nodes)
@@ -487,7 +363,9 @@ def measure_store(quick: bool, work: Path) -> tuple[list[Row], list[str]]:
 
     n_dates, n_symbols, repeats = (400, 250, 5) if quick else (2000, 500, 7)
     frame = oof_like_frame(n_dates, n_symbols)
-    fold_plan = make_fold_plan(PurgedKFold(5, 5, 5), frame["timestamp"].to_numpy())
+    # a panel: label ends (each symbol's bar 5 later) are required since issue 17
+    label_end = frame.groupby("symbol")["timestamp"].shift(-5).to_numpy()
+    fold_plan = make_fold_plan(PurgedKFold(5, 5, 5), frame["timestamp"].to_numpy(), label_end)
     scope = Scope("fwd_ret_5", "TRAINING", "CROSS_SECTIONAL", "ab12cd34ef56", 0)
     bare_dir = work / "bare_out"
     bare_dir.mkdir(parents=True, exist_ok=True)
@@ -511,15 +389,15 @@ def measure_store(quick: bool, work: Path) -> tuple[list[Row], list[str]]:
     # Store.write_oof and the output metadata (paths, sha256, rows) out
     from dagster import AssetKey, DagsterInstance, build_output_context
 
-    from assets.partitions import (
+    from cohortflow.oof import OOFResult
+    from cohortflow_dagster.io_managers.canonical_store import CanonicalStoreIOManager
+    from cohortflow_dagster.io_managers.keys import KIND_KEY
+    from cohortflow_dagster.partitions import (
         attempt_dim_partitions,
         attempt_key,
         attempt_partitions,
         batch_partitions,
     )
-    from cohortflow.oof import OOFResult
-    from io_managers.canonical_store import CanonicalStoreIOManager
-    from io_managers.keys import KIND_KEY
 
     value = OOFResult(frame, fold_plan, (), ("lightgbm", "xgboost"))
     io_manager = CanonicalStoreIOManager(root=str(work / "store_out"))
@@ -606,22 +484,14 @@ def measure_index(quick: bool) -> tuple[list[Row], list[str], int]:
     return rows, [], n
 
 
+# --------------------------------------------------------------------------- concurrency
+def measure_concurrency(quick: bool, work: Path) -> tuple[list[Row], list[str]]:
+    import bench_concurrency
+
+    return bench_concurrency.measure(quick, work / "concurrency")
+
+
 # --------------------------------------------------------------------------- report
-def format_table(rows: list[Row]) -> list[str]:
-    head = (
-        f"{'measure':<26}{'value':>9}  {'goal':<11}{'side A':<28}{'s':>9}  {'side B':<26}{'s':>9}"
-    )
-    out = [head, "-" * len(head)]
-    for r in rows:
-        out.append(
-            f"{r.measure:<26}{r.value:>9.3f}  {r.goal:<11}{r.a_label:<28}{r.a_s:>9.3f}  "
-            f"{r.b_label:<26}{r.b_s:>9.3f}"
-        )
-        if r.note:
-            out.append(f"{'':<26}  {r.note}")
-    return out
-
-
 def main() -> int:
     quick = os.environ.get("BENCH_QUICK", "") not in ("", "0")
     started = time.perf_counter()
@@ -639,6 +509,7 @@ def main() -> int:
             ("graph", lambda: measure_graph(quick, work)),
             ("oof", lambda: measure_oof(quick)),
             ("store", lambda: measure_store(quick, work)),
+            ("concurrency", lambda: measure_concurrency(quick, work)),
         ):
             t0 = time.perf_counter()
             got, extra = step()
@@ -660,6 +531,8 @@ def main() -> int:
         "oof_fold_parallel_speedup": f"{values['oof_fold_parallel_speedup']:.3f}",
         "store_write_ratio": f"{values['store_write_ratio']:.3f}",
         "store_write_ratio_durable": f"{values['store_write_ratio_durable']:.3f}",
+        "concurrency_ratio": f"{values['concurrency_ratio']:.3f}",
+        "concurrency_oversubscribed": f"{values['concurrency_oversubscribed']:.3f}",
         "lookup_ms": f"{values['lookup_ms']:.2f}",
         "list_ms": f"{values['list_ms']:.2f}",
         **{k: v for r in rows for k, v in r.pairs.items()},
@@ -675,15 +548,6 @@ def main() -> int:
     print("\n".join(final))
     save(lines + final)
     return 0
-
-
-def save(lines: list[str]) -> None:
-    from cohortflow.fsio import atomic_write_text
-
-    text = "\n".join(lines) + "\n"
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    atomic_write_text(RESULTS / f"bench_{stamp}.txt", text)
-    atomic_write_text(RESULTS / "latest.txt", text)
 
 
 if __name__ == "__main__":

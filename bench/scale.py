@@ -13,7 +13,7 @@ standard OHLCV features), written once per size. Each size runs in its own subpr
 memory is that size's alone:
 
 * stages: :func:`run.bare_graph`, the core functions the assets call (data+features,
-  leakage, target ranking, feature selection, training), default settings with
+  target ranking with the exclusions, feature selection, training), default settings with
   ``attempt_limit: 1``. The peak resident memory (VmHWM) is reset before each piece of a
   stage (``/proc/self/clear_refs``) and read after it, so each stage gets its own peak.
 * ``--graph N``: ``cohortflow_job`` in process for one partition (``cli.runner``), its
@@ -51,7 +51,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
 import yaml  # noqa: E402
-from run import STAGES, bare_graph, dagster_graph, machine_info  # noqa: E402
+from common import machine_info  # noqa: E402
+from run import STAGES, bare_graph, dagster_graph  # noqa: E402
 
 RESULTS = REPO / "bench" / "results"
 GIB = 1 << 30

@@ -32,3 +32,13 @@ class StoreError(CohortflowError):
 
 class ArtifactNotFoundError(CohortflowError, FileNotFoundError):
     """An artifact that was asked for is not in the store; the message says what exists."""
+
+
+class CorruptFileError(DataError):
+    """A file of the tree whose bytes are not what its name says (truncated, malformed,
+    foreign). Names the file and the problem in one line."""
+
+
+class SealedAttemptError(StoreError):
+    """A write would change an attempt that is already complete (sealed). Says which input
+    differs and how to start a new attempt instead."""

@@ -24,8 +24,8 @@ import operator
 import os
 import re
 import secrets
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path, PurePath, PurePosixPath
 from typing import Any, TypeVar
@@ -33,16 +33,24 @@ from typing import Any, TypeVar
 from upath import UPath
 
 from cohortflow.canonical import fingerprint
-from cohortflow.errors import ArtifactNotFoundError, InvalidNameError, StoreError
+from cohortflow.domain import Stage, View
+from cohortflow.errors import CorruptFileError, InvalidNameError, StoreError
 from cohortflow.fsio import is_local, local_path
 from cohortflow.names import validate_name, validate_symbol
 
 logger = logging.getLogger(__name__)
 
-STAGES = ("TARGET_RANKING", "FEATURE_SELECTION", "TRAINING")
-VIEWS = ("CROSS_SECTIONAL", "SYMBOL_SPECIFIC")
-CROSS_SECTIONAL, SYMBOL_SPECIFIC = VIEWS
-COMPLETE_MARKER = "_COMPLETE"  # written last into an attempt dir; readers skip attempts without it
+STAGES = tuple(Stage)
+VIEWS = tuple(View)
+CROSS_SECTIONAL, SYMBOL_SPECIFIC = View.CROSS_SECTIONAL, View.SYMBOL_SPECIFIC
+# Written last into an attempt folder: its files are complete and will never change.
+COMPLETE_MARKER = "_COMPLETE"
+# Written first into an attempt folder cohortflow writes; removed once it is sealed. An
+# attempt folder with neither marker was written by something else (an older system): it
+# is read as complete, with origin "external".
+PROGRESS_MARKER = "_IN_PROGRESS"
+ORIGIN_COHORTFLOW = "cohortflow"
+ORIGIN_EXTERNAL = "external"
 (
     LAYOUT_CURRENT,
     LAYOUT_BATCH_NO_ATTEMPT,
@@ -65,9 +73,16 @@ ATTEMPT_ARTIFACT_DIRS = (
     "feature_exclusions",
     "oof",
     "stacking",
+    "evaluation",
+    "tuning",
 )
 METADATA_FILE = "metadata.json"
+COHORT_FILES = ("metadata.json", "metrics.json", "snapshot.json", "diff_prev.json", "drift.json")
 LOCKS_DIR = "_locks"
+WORK_DIR = "_work"
+REPORTS_DIR = "reports"
+REGISTRY_DIR = "_registry"
+INDEX_DIR = "_index"
 
 _BATCH_RE = re.compile(r"[0-9a-f]{12}")
 _SIG_RE = re.compile(r"[0-9a-f]{12,64}")
@@ -171,6 +186,37 @@ def unique_run_dir(parent: P, name: str | None = None) -> P:
     except FileExistsError as exc:
         raise StoreError(f"run folder {path} already exists; refusing to reuse it") from exc
     return path
+
+
+def marker_file(folder: P, name: str) -> P:
+    """A marker of a folder that holds cohort folders (``_COMPLETE``, ``_IN_PROGRESS``)."""
+    if name not in (COMPLETE_MARKER, PROGRESS_MARKER):
+        raise InvalidNameError(f"invalid marker {name!r}")
+    return folder / name
+
+
+def cohort_file(cohort_dir: P, name: str) -> P:
+    """One of a cohort folder's files (:data:`COHORT_FILES`), any layout."""
+    if name not in COHORT_FILES:
+        raise InvalidNameError(f"invalid cohort file {name!r}: expected one of {COHORT_FILES}")
+    return cohort_dir / name
+
+
+def run_file(folder: P, name: str) -> P:
+    """A file of a run folder (an export, a stack run) by its base name."""
+    return folder / validate_name("file", name)
+
+
+def stack_runs_dir(root: P, batch: str, attempt: int, target: str) -> P:
+    """``stacks/batch_{b}/attempt_{n}/{target}/``: the run folders of ``cohortflow stack``
+    (outside ``targets/``: they are fits made later from a sealed attempt's OOF dataset)."""
+    return (
+        as_root(root)
+        / "stacks"
+        / f"batch_{validate_batch(batch)}"
+        / f"attempt_{_non_negative_int('attempt', attempt)}"
+        / validate_name("target", target)
+    )
 
 
 def _quarter(last_bar: Any) -> str:
@@ -286,9 +332,17 @@ class Scope:
     def cohort_dir(self, root: P, cohort_id: str) -> P:
         return self.attempt_dir(root) / f"cohort={validate_cohort_id(cohort_id)}"
 
+    def cohort_file(self, root: P, cohort_id: str, name: str) -> P:
+        if name not in COHORT_FILES:
+            raise InvalidNameError(f"invalid cohort file {name!r}: expected one of {COHORT_FILES}")
+        return self.cohort_dir(root, cohort_id) / name
+
+    def importances_dir(self, root: P) -> P:
+        return self.attempt_dir(root) / "feature_importances"
+
     def importances_path(self, root: P, model: str) -> P:
         model = validate_name("model", model)
-        return self.attempt_dir(root) / "feature_importances" / f"{model}_importances.csv"
+        return self.importances_dir(root) / f"{model}_importances.csv"
 
     def featureset_path(self, root: P) -> P:
         return self.attempt_dir(root) / "featureset_artifacts" / "featureset_post_prune.json"
@@ -299,19 +353,42 @@ class Scope:
     def oof_path(self, root: P) -> P:
         return self.attempt_dir(root) / "oof" / "oof_predictions.parquet"
 
+    def oof_metrics_path(self, root: P) -> P:
+        return self.attempt_dir(root) / "oof" / "oof_metrics.json"
+
     def fold_plan_path(self, root: P, folder: str) -> P:
+        """``fold_plan.json`` beside what a fold plan produced (``oof``)."""
         return self.attempt_dir(root) / validate_name("folder", folder) / "fold_plan.json"
 
     def stacking_dir(self, root: P) -> P:
         return self.attempt_dir(root) / "stacking"
 
+    def stacking_file(self, root: P, name: str) -> P:
+        return self.stacking_dir(root) / validate_name("stacking file", name)
+
+    def evaluation_path(self, root: P) -> P:
+        return self.attempt_dir(root) / "evaluation" / "evaluation.json"
+
+    def portfolio_path(self, root: P) -> P:
+        return self.attempt_dir(root) / "evaluation" / "portfolio.json"
+
+    def tuning_path(self, root: P) -> P:
+        return self.attempt_dir(root) / "tuning" / "tuned_params.json"
+
+    def artifact_path(self, root: P, relpath: str) -> P:
+        """A file of the attempt folder by its manifest relpath (``oof/fold_plan.json``)."""
+        return _join(self.attempt_dir(root), _safe_relpath(relpath))
+
     def complete_marker(self, root: P) -> P:
         return self.attempt_dir(root) / COMPLETE_MARKER
+
+    def progress_marker(self, root: P) -> P:
+        return self.attempt_dir(root) / PROGRESS_MARKER
 
     def lock_path(self, root: P) -> P:
         """A lock file for this attempt, kept outside the tree so readers never see it."""
         digest = hashlib.sha256(self.attempt_relpath().encode("utf-8")).hexdigest()[:16]
-        return as_root(root) / LOCKS_DIR / f"{digest}.lock"
+        return lock_path(root, digest)
 
     def record(
         self, cohort_id: str, universe_sig: str | None = None, complete: bool = True
@@ -333,6 +410,88 @@ class Scope:
         )
 
 
+# --------------------------------------------------------------------------- other paths
+
+
+def _safe_relpath(relpath: str) -> tuple[str, ...]:
+    """The parts of a posix path relative to a folder; refuses absolute paths and ``..``."""
+    parts = tuple(p for p in str(relpath).split("/") if p not in ("", "."))
+    if not parts or str(relpath).startswith("/") or any(p == ".." for p in parts):
+        raise InvalidNameError(f"invalid relative path {relpath!r}")
+    return parts
+
+
+def resolve(root: P, relpath: str) -> P:
+    """``root``/``relpath`` for a posix path relative to the root (as the index stores them)."""
+    return _join(as_root(root), _safe_relpath(relpath))
+
+
+def lock_path(root: P, name: str) -> P:
+    """A lock file under ``_locks/`` (outside the tree readers walk)."""
+    return as_root(root) / LOCKS_DIR / f"{validate_name('lock', name)}.lock"
+
+
+def work_dir(root: P, batch: str, attempt: int) -> P:
+    """The attempt's working data (validated bars, the feature panel)."""
+    return (
+        as_root(root)
+        / WORK_DIR
+        / f"batch_{validate_batch(batch)}"
+        / f"attempt_{_non_negative_int('attempt', attempt)}"
+    )
+
+
+def work_file(root: P, batch: str, attempt: int, name: str, suffix: str) -> P:
+    """``_work/batch_{b}/attempt_{n}/{name}.{suffix}`` (``bars``/``panel``; parquet/json)."""
+    return work_dir(root, batch, attempt) / f"{validate_name('artifact', name)}.{suffix}"
+
+
+def report_path(root: P, batch: str, attempt: int, name: str) -> P:
+    """``reports/batch_{b}/attempt_{n}/{name}.csv``: tables across targets."""
+    return (
+        as_root(root)
+        / REPORTS_DIR
+        / f"batch_{validate_batch(batch)}"
+        / f"attempt_{_non_negative_int('attempt', attempt)}"
+        / f"{validate_name('report', name)}.csv"
+    )
+
+
+def registry_dir(root: P) -> P:
+    return as_root(root) / REGISTRY_DIR
+
+
+def registry_path(root: P, batch: str) -> P:
+    """``_registry/batch_{b}.json``: what the batch is and why each attempt exists."""
+    return registry_dir(root) / f"batch_{validate_batch(batch)}.json"
+
+
+def index_path(root: P, name: str) -> P:
+    """``_index/{name}``: the cohort index (a cache of the tree, rebuildable from it)."""
+    return as_root(root) / INDEX_DIR / validate_name("index file", name)
+
+
+def targets_dir(root: P) -> P:
+    return as_root(root) / "targets"
+
+
+def batch_dir(root: P, target: str, stage: str, batch: str, symbol: str | None = None) -> P:
+    """The folder that holds a batch's ``attempt_{n}`` folders in one view."""
+    view = SYMBOL_SPECIFIC if symbol is not None else CROSS_SECTIONAL
+    return Scope(target, stage, view, batch, 0, symbol).attempt_dir(root).parent
+
+
+def data_file(data_dir: P, name: str) -> P:
+    """A bar file of the data folder by its base name (no separators)."""
+    if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0"):
+        raise InvalidNameError(f"invalid file name {name!r}: expected a base file name")
+    return as_root(data_dir) / name
+
+
+def dagster_yaml(home: P) -> P:
+    return as_root(home) / "dagster.yaml"
+
+
 # --------------------------------------------------------------------------- records
 
 
@@ -351,6 +510,7 @@ class CohortRecord:
     layout: str
     path: str
     complete: bool = True
+    origin: str = ORIGIN_COHORTFLOW
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -369,11 +529,18 @@ class CohortRecord:
             layout=data["layout"],
             path=data["path"],
             complete=bool(data.get("complete", True)),
+            origin=str(data.get("origin") or ORIGIN_COHORTFLOW),
         )
 
     def dir(self, root: P) -> P:
         """The cohort folder under ``root``."""
         return _join(as_root(root), self.path.split("/"))
+
+    def file(self, root: P, name: str) -> P:
+        """One of the cohort's files (:data:`COHORT_FILES`)."""
+        if name not in COHORT_FILES:
+            raise InvalidNameError(f"invalid cohort file {name!r}: expected one of {COHORT_FILES}")
+        return self.dir(root) / name
 
     def container_path(self) -> str:
         """The folder that holds the cohort folder (the attempt dir in the current layout)."""
@@ -413,20 +580,6 @@ def newest_first_key(record: CohortRecord) -> tuple[Any, ...]:
 # --------------------------------------------------------------------------- parsing
 
 
-@dataclass(frozen=True)
-class _Parsed:
-    parts: tuple[str, ...]
-    cohort_id: str
-    target: str
-    stage: str
-    view: str
-    batch: str | None
-    universe_sig: str | None
-    symbol: str | None
-    attempt: int
-    layout: str
-
-
 def _is_name(kind: str, value: str) -> bool:
     try:
         validate_name(kind, value)
@@ -435,7 +588,7 @@ def _is_name(kind: str, value: str) -> bool:
     return True
 
 
-def _parse_parts(parts: tuple[str, ...]) -> _Parsed | None:
+def _parse_parts(parts: tuple[str, ...]) -> CohortRecord | None:
     """Structure of a cohort folder from its parts relative to the root; None if not one."""
     if len(parts) < 6 or parts[0] != "targets" or parts[2] != "reproducibility":
         return None
@@ -483,8 +636,8 @@ def _parse_parts(parts: tuple[str, ...]) -> _Parsed | None:
         layout = LAYOUT_LEGACY_UNIVERSE
     else:
         return None
-    return _Parsed(
-        parts=parts,
+    # what the path alone says; _record adds the markers' state and the metadata's signature
+    return CohortRecord(
         cohort_id=cid,
         target=target,
         stage=stage,
@@ -494,6 +647,7 @@ def _parse_parts(parts: tuple[str, ...]) -> _Parsed | None:
         symbol=symbol,
         attempt=attempt,
         layout=layout,
+        path="/".join(parts),
     )
 
 
@@ -535,6 +689,7 @@ def _exists(path: Any) -> bool:
 
 
 def _read_json(path: Any) -> Any:
+    """A JSON document (None if absent); CorruptFileError naming the file if malformed."""
     try:
         if isinstance(path, str) or is_local(path):
             with open(path if isinstance(path, str) else local_path(path), encoding="utf-8") as fh:
@@ -542,9 +697,12 @@ def _read_json(path: Any) -> Any:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
+    except json.JSONDecodeError as exc:
+        raise CorruptFileError(
+            path, f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
     except (OSError, ValueError) as exc:
-        logger.warning("unreadable %s: %s", path, exc)
-        return None
+        raise CorruptFileError(path, f"unreadable: {exc}") from None
 
 
 def _metadata_sig(metadata_path: Any) -> str | None:
@@ -559,48 +717,69 @@ def _metadata_sig(metadata_path: Any) -> str | None:
     return None
 
 
-def _attempt_complete(tree: _Tree, parsed: _Parsed, cache: dict[tuple[str, ...], bool]) -> bool:
-    # Only the current layout has markers; older writers never wrote one, so their
-    # cohorts count as complete (they were read as such before).
-    if parsed.layout != LAYOUT_CURRENT:
-        return True
-    container = parsed.parts[:-1]
+def attempt_state(exists: Callable[[str], bool]) -> tuple[bool, str]:
+    """(complete, origin) of a folder that holds cohort folders, from its markers;
+    ``exists(name)`` tells whether the folder holds a file of that name.
+
+    ``_COMPLETE``: complete, written by cohortflow. ``_IN_PROGRESS`` alone: cohortflow is
+    writing it, or was killed while it did: incomplete. Neither: written by something
+    else (an older system, a copy): read as complete, origin ``external``.
+    """
+    if exists(COMPLETE_MARKER):
+        return True, ORIGIN_COHORTFLOW
+    if exists(PROGRESS_MARKER):
+        return False, ORIGIN_COHORTFLOW
+    return True, ORIGIN_EXTERNAL
+
+
+def folder_state(folder: Any) -> tuple[bool, str]:
+    """:func:`attempt_state` of a folder on disk."""
+    return attempt_state(lambda name: _exists(folder / name))
+
+
+def _attempt_state(
+    tree: _Tree, parsed: CohortRecord, cache: dict[tuple[str, ...], tuple[bool, str]]
+) -> tuple[bool, str]:
+    container = tuple(parsed.container_path().split("/"))
     if container not in cache:
-        cache[container] = _exists(tree.at((*container, COMPLETE_MARKER)))
+        cache[container] = attempt_state(lambda name: _exists(tree.at((*container, name))))
     return cache[container]
 
 
-def _record(tree: _Tree, parsed: _Parsed, complete: bool) -> CohortRecord:
+def _record(
+    tree: _Tree,
+    parsed: CohortRecord,
+    state: tuple[bool, str],
+    problems: list[str] | None = None,
+) -> CohortRecord | None:
+    """The record of a parsed cohort folder. A malformed metadata.json is named in
+    ``problems`` and the cohort left out when a list is given; else it is logged and the
+    cohort kept without the universe signature its metadata would give."""
     universe_sig = parsed.universe_sig
-    meta_sig = _metadata_sig(tree.at((*parsed.parts, METADATA_FILE)))
+    try:
+        meta_sig = _metadata_sig(tree.at((*parsed.path.split("/"), METADATA_FILE)))
+    except CorruptFileError as exc:
+        if problems is not None:
+            problems.append(str(exc))
+            return None
+        logger.warning("%s", exc)
+        meta_sig = None
     if universe_sig is None:
         universe_sig = meta_sig
     elif meta_sig is not None and meta_sig != universe_sig:
         logger.warning(
             "%s: metadata universe_sig %s differs from the folder's; the folder wins",
-            "/".join(parsed.parts),
+            parsed.path,
             meta_sig,
         )
     if universe_sig is not None and parsed.batch is not None and universe_sig[:12] != parsed.batch:
         logger.warning(
             "%s: universe_sig %s does not start with batch %s",
-            "/".join(parsed.parts),
+            parsed.path,
             universe_sig,
             parsed.batch,
         )
-    return CohortRecord(
-        cohort_id=parsed.cohort_id,
-        target=parsed.target,
-        stage=parsed.stage,
-        view=parsed.view,
-        batch=parsed.batch,
-        universe_sig=universe_sig,
-        symbol=parsed.symbol,
-        attempt=parsed.attempt,
-        layout=parsed.layout,
-        path="/".join(parsed.parts),
-        complete=complete,
-    )
+    return replace(parsed, universe_sig=universe_sig, complete=state[0], origin=state[1])
 
 
 def parse_cohort_path(root: Any, cohort_dir: Any) -> CohortRecord | None:
@@ -617,7 +796,7 @@ def parse_cohort_path(root: Any, cohort_dir: Any) -> CohortRecord | None:
     if parsed is None:
         return None
     tree = _Tree(root)
-    return _record(tree, parsed, _attempt_complete(tree, parsed, {}))
+    return _record(tree, parsed, _attempt_state(tree, parsed, {}))
 
 
 # --------------------------------------------------------------------------- walking
@@ -658,7 +837,11 @@ def _cohort_parts(tree: _Tree, view_parts: tuple[str, ...]) -> Iterator[tuple[st
 
 
 def walk_cohorts(
-    root: Any, *, include_incomplete: bool = False, target: str | None = None
+    root: Any,
+    *,
+    include_incomplete: bool = False,
+    target: str | None = None,
+    problems: list[str] | None = None,
 ) -> Iterator[CohortRecord]:
     """Every cohort under ``root`` in every layout, by walking the tree (the slow path).
 
@@ -679,16 +862,18 @@ def walk_cohorts(
                 continue
             for view in VIEWS:
                 view_parts = ("targets", name, "reproducibility", f"stage={stage}", view)
-                cache: dict[tuple[str, ...], bool] = {}
+                cache: dict[tuple[str, ...], tuple[bool, str]] = {}
                 records = []
                 for parts in _cohort_parts(tree, view_parts):
                     parsed = _parse_parts(parts)
                     if parsed is None:
                         logger.debug("not a cohort layout: %s", "/".join(parts))
                         continue
-                    complete = _attempt_complete(tree, parsed, cache)
-                    if complete or include_incomplete:
-                        records.append(_record(tree, parsed, complete))
+                    state = _attempt_state(tree, parsed, cache)
+                    if state[0] or include_incomplete:
+                        record = _record(tree, parsed, state, problems)
+                        if record is not None:
+                            records.append(record)
                 yield from sorted(records, key=sort_key)
 
 
@@ -701,37 +886,40 @@ def sorted_attempts(folder: Any) -> list[int]:
     return sorted(numbers)
 
 
-def _indexed_is_readable(root: Any, record: CohortRecord) -> bool:
-    # the index may run ahead of the tree (a writer adds a cohort before its attempt's
-    # marker) or behind it (a folder removed): trust it only for what is on disk now
-    folder = record.dir(root)
-    if record.layout == LAYOUT_CURRENT:
-        return _exists(folder.parent / COMPLETE_MARKER) and _exists(folder)
-    return _exists(folder)
-
-
-def find_cohort(root: Any, cohort_id: str) -> CohortRecord:
-    """The newest complete record of ``cohort_id``: from the index when present, else walking.
-
-    A cohort missing from the index (or whose folder or attempt marker is gone) is looked
-    for in the tree, so a stale index slows a lookup down but never hides a cohort.
-    """
-    from cohortflow.index import CohortIndex  # the index builds on this module
-
+def attempt_scopes(
+    root: Any, batch: str | None = None, targets: Iterable[str] | None = None
+) -> Iterator[Scope]:
+    """Every current-layout attempt folder under ``root`` (of one batch, of some targets),
+    in target, stage, view, symbol, batch, attempt order (attempts numerically)."""
     root = as_root(root)
-    cid = validate_cohort_id(cohort_id)
-    with CohortIndex(root) as index:
-        indexed = index.exists()
-        record = index.get(cid) if indexed else None
-    if record is not None and _indexed_is_readable(root, record):
-        return record
-    if indexed:
-        logger.info("cohort %s not (or no longer) in the index under %s; walking", cid, root)
-    matches = [r for r in walk_cohorts(root) if r.cohort_id == cid]
-    if not matches:
-        where = "the index and the tree" if indexed else "the tree (no index)"
-        raise ArtifactNotFoundError(f"cohort {cid!r} not found under {root}; searched {where}")
-    return min(matches, key=newest_first_key)
+    tree = _Tree(root)
+    names = list(targets) if targets is not None else _subdirs(tree.at(("targets",)))
+    for target in names:
+        if not _is_name("target", target):
+            continue
+        for stage in STAGES:
+            base = ("targets", target, "reproducibility", f"stage={stage}")
+            holders: list[tuple[View, str | None, tuple[str, ...]]] = [
+                (CROSS_SECTIONAL, None, (*base, CROSS_SECTIONAL))
+            ]
+            for name in _subdirs(tree.at((*base, SYMBOL_SPECIFIC))):
+                symbol = name.removeprefix("symbol=")
+                if name.startswith("symbol=") and _is_name("symbol", symbol):
+                    holders.append((SYMBOL_SPECIFIC, symbol, (*base, SYMBOL_SPECIFIC, name)))
+            for view, symbol, parts in holders:
+                for name in _subdirs(tree.at(parts)):
+                    m = _BATCH_DIR_RE.fullmatch(name)
+                    if m is None or (batch is not None and m.group(1) != batch):
+                        continue
+                    for n in sorted_attempts(tree.at((*parts, name))):
+                        yield Scope(target, stage, view, m.group(1), n, symbol)
+
+
+def is_readable(root: Any, record: CohortRecord) -> bool:
+    """Is the cohort of an index record on disk now, in a complete attempt? (The index is
+    a cache: it may run behind the tree, and a folder may have been removed since.)"""
+    folder = record.dir(root)
+    return _exists(folder) and folder_state(folder.parent)[0]
 
 
 def latest_complete_attempt(

@@ -1,6 +1,6 @@
-"""Leak detection: name rules, a look-ahead test and a dominance test -> :class:`Exclusions`.
+"""Leak detection: name rules, look-ahead, dominance and lead-profile tests -> :class:`Exclusions`.
 
-Three tests, run in this order on the features that earlier attempts did not exclude:
+Four tests, run in this order on the features that earlier attempts did not exclude:
 
 1. **Name rules** (``settings.name_rules``, case-insensitive substrings such as ``fwd_``,
    ``future``; plus any target or ``label_end_`` column name): cheap and certain.
@@ -10,12 +10,20 @@ Three tests, run in this order on the features that earlier attempts did not exc
 3. **Dominance test** (every feature, including user columns whose code we cannot rerun):
    the out-of-fold rank IC of the feature alone, under :class:`~cohortflow.splits.PurgedKFold`.
    Honest daily signals rarely reach 0.1; a leak scores far higher or far above the rest.
+4. **Lead profile** (user columns the dominance test let through): the rank IC against each
+   single future bar 1..h (and its |return|), pooled per date and per symbol. An honest
+   signal's power spreads thinly over the bars ahead; a peek concentrates on the bars it
+   copied, starting with the next one, and is implausibly strong there
+   (:func:`lead_profile_hits`). It catches what scores modestly against ``fwd_ret_h``: a
+   5-bar return shifted one bar back, a centered window narrower than h, a leak in one
+   symbol's file, a peek at future volatility.
 
 Scope of an exclusion (``Exclusion.symbols``): empty means *every symbol*. Look-ahead hits are
 always pooled: the feature code is the same for every symbol, so a feature that reads the
 future on one sampled symbol reads it on all of them (the symbols where the change was
-observed are kept in the evidence). Only the per-symbol dominance test of user columns, which
-come from per-symbol files and may leak in one file only, yields symbol-scoped entries.
+observed are kept in the evidence). Only the per-symbol dominance and lead-profile tests of
+user columns, which come from per-symbol files and may leak in one file only, yield
+symbol-scoped entries.
 
 Attempts fix themselves: attempt ``n+1`` inherits attempt ``n``'s exclusions, tests only
 what is left, and :func:`next_attempt` asks for another attempt only while leaks remain.
@@ -34,6 +42,7 @@ import numpy as np
 import pandas as pd
 
 from cohortflow.canonical import normalize
+from cohortflow.metrics import forward_bar_returns
 from cohortflow.settings import Settings
 from cohortflow.splits import PurgedKFold
 
@@ -42,7 +51,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-REASONS = ("name_rule", "lookahead", "dominance")
+REASONS = ("name_rule", "lookahead", "lead_profile", "dominance")
 
 # Look-ahead: relative tolerance of "changed" (plus a tiny absolute one for values near 0).
 LOOKAHEAD_RTOL = 1e-12
@@ -613,6 +622,360 @@ def dominance_test(
 
 
 # --------------------------------------------------------------------------------------------
+# lead profile (user columns: leaks by timing)
+
+POOLED = "pooled"
+LEAD_KINDS = ("return", "abs_return")
+# a scope needs this many dates (pooled) or rows (per symbol), and a date this many symbols
+LEAD_MIN_OBS = 3
+# The implied rank IC of a block of leads 1..j with the j-bar return (the block's typical
+# single-bar IC x sqrt(j)) above which a copy of those bars is suspected. Honest signals
+# stay well below: on the built-in real data (AAPL, GOOG, IBM, MSFT 2000-2013) the largest
+# block that passes the other two conditions is one name's close_loc against its next bar
+# (0.13, a bid-ask-bounce reversal); the weakest planted leak (one file's fwd_ret_5 at a
+# correlation of 0.3) scores 0.3, a shifted 5-bar return 0.38-0.47, centered windows 0.5+.
+LEAD_RETURN_IC = 0.2
+# The typical single-bar rank IC with |return| over leads 1..j, above the level beyond the
+# horizon, that flags a peek at future volatility. Not scaled by sqrt(j): honest volatility
+# features predict |return| over many bars (clustering), and their excess over the level
+# beyond h peaks at 0.11 on the real data; a 5-bar future volatility scores 0.29-0.37.
+LEAD_ABS_IC = 0.2
+# How many standard errors the block's mean IC must clear (per scope, per column and lead
+# block: hundreds of tests, most of them on one symbol's few hundred bars).
+LEAD_Z = 5.0
+# Concentration where a copy would put it: the first bars' IC (the mean of leads 1 and 2,
+# less noisy than lead 1 alone) must carry at least this share of the block's typical IC
+# (a copy of bars 1..j always includes bar 1; an honest signal whose power sits at one far
+# lead has none there).
+LEAD_FIRST_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class LeadProfiles:
+    """Rank ICs of columns against single future bars, pooled per date and per symbol.
+
+    ``ic[kind, scope, column, lead - 1]`` for leads ``1 .. 2 * horizon``: kind 0 is the
+    signed single-bar return ``lead`` bars ahead (of the row's own symbol, in its own bars),
+    kind 1 its absolute value; scope 0 is ``"pooled"`` (the mean over dates of the
+    cross-sectional rank IC), scopes 1.. each symbol (its time-series rank IC). Leads past
+    ``horizon`` are the reference: the level a column keeps beyond the label's bars.
+    ``se[scope, column]``: the standard error of one lead's IC were the column unrelated to
+    returns (``sqrt(sum_d 1 / (n_d - 1)) / n_dates`` pooled, ``1 / sqrt(n - 1)`` per symbol:
+    single-bar returns do not overlap). ``rho[scope, column, lag]`` (lags ``0 .. horizon -
+    1``): the column's rank autocorrelation (pooled: of its cross-sectional ranks), which
+    makes the ICs of neighbouring leads move together. ``n[scope, column]``: dates (pooled)
+    or rows (per symbol) behind the ICs. NaN where a scope has too few of them.
+    """
+
+    columns: tuple[str, ...]
+    scopes: tuple[str, ...]
+    horizon: int
+    ic: np.ndarray
+    se: np.ndarray
+    rho: np.ndarray
+    n: np.ndarray
+
+
+def _sorted_groups(codes: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(row order sorting ``codes`` stably, start of each group in it, each group's code)."""
+    order = np.argsort(codes, kind="stable")
+    c = codes[order]
+    starts = np.flatnonzero(np.r_[True, c[1:] != c[:-1]])
+    return order, starts, c[starts]
+
+
+def _standardised_ranks(
+    values: np.ndarray, codes: np.ndarray, order: np.ndarray, starts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Within-group average ranks of each column of ``values``, centred and scaled to unit
+    norm per group, rows in ``order``; and which (group, column) are usable (at least
+    LEAD_MIN_OBS rows, not constant). Unusable ones are 0, so they drop out of every sum of
+    products: a group's IC is then one dot product."""
+    m, k = values.shape
+    z = np.empty((m, k))
+    for j in range(k):  # one sort per column; the rows are never looped over
+        z[:, j] = average_ranks(values[:, j], codes)[order]
+    sizes = np.diff(np.r_[starts, m])
+    z -= np.repeat((sizes + 1.0) / 2.0, sizes)[:, None]  # average ranks have mean (n + 1) / 2
+    norm = np.sqrt(np.add.reduceat(z * z, starts, axis=0))
+    usable = (norm > 1e-12) & (sizes >= LEAD_MIN_OBS)[:, None]
+    z *= np.repeat(np.where(usable, 1.0 / np.where(usable, norm, 1.0), 0.0), sizes, axis=0)
+    return z, usable
+
+
+def _lagged_products(z: np.ndarray, starts: np.ndarray, lags: int) -> np.ndarray:
+    """Per group and column, ``sum_i z[i] z[i + lag]`` within the group (rows in time order):
+    the autocorrelation of unit-norm columns. Shape (groups, columns, lags)."""
+    m, k = z.shape
+    group = np.repeat(np.arange(starts.size), np.diff(np.r_[starts, m]))
+    out = np.zeros((starts.size, k, lags))
+    out[:, :, 0] = 1.0
+    for lag in range(1, min(lags, m)):
+        same = group[lag:] == group[:-lag]
+        prod = np.where(same[:, None], z[lag:] * z[:-lag], 0.0)
+        out[:, :, lag] = np.add.reduceat(np.r_[prod, np.zeros((lag, k))], starts, axis=0)
+    return out
+
+
+def _cross_sectional_autocorr(
+    z: np.ndarray, dates: np.ndarray, symbols: np.ndarray, usable: np.ndarray, lags: int
+) -> np.ndarray:
+    """Per column, the mean over date pairs (t, t + lag) of the dot product of the unit-norm
+    cross-sectional ranks on the symbols the two dates share. Shape (columns, lags)."""
+    n_dates, n_symbols = int(dates.max()) + 1, int(symbols.max()) + 1
+    out = np.zeros((z.shape[1], lags))
+    out[:, 0] = 1.0
+    for j in range(z.shape[1]):  # a dense dates x symbols grid per column, not per row
+        grid = np.zeros((n_dates, n_symbols))
+        grid[dates, symbols] = z[:, j]
+        ok = usable[:, j]
+        for lag in range(1, min(lags, n_dates)):
+            pairs = ok[lag:] & ok[:-lag]
+            if pairs.any():
+                prod = np.einsum("ij,ij->i", grid[lag:], grid[:-lag])
+                out[j, lag] = float(prod[pairs].mean())
+    return out
+
+
+def lead_profiles(
+    frame: pd.DataFrame, columns: Sequence[str], bar_return: np.ndarray, horizon: int
+) -> LeadProfiles:
+    """Rank IC of each column with each single future bar's return and |return|, at leads
+    ``1 .. 2 * horizon`` (bars of the row's own symbol), pooled per date and per symbol.
+
+    ``bar_return``: per panel row, the 1-bar return into its bar (the panel's ``ret_1``).
+    Only rows with all ``2 * horizon`` future bars are used (each symbol loses its last
+    ``2 * horizon`` bars), so every lead is scored on the same rows; columns NaN on other
+    rows are scored on their own rows (columns with one pattern share the leads' ranks).
+    Vectorised: one rank sort per column and per lead within dates and within symbols, one
+    matrix product pooled and one per symbol; no loop over rows.
+    """
+    h = int(horizon)
+    if h < 1:
+        raise ValueError(f"horizon must be >= 1 bar, got {horizon}")
+    columns = list(dict.fromkeys(columns))
+    names, codes = symbol_codes(frame["symbol"])
+    ts = frame["timestamp"].to_numpy()
+    n_leads = 2 * h
+    fwd = forward_bar_returns(ts, codes, bar_return, np.arange(1, n_leads + 1))
+    date_codes = pd.factorize(ts, sort=True)[0].astype(np.int64)
+    scopes = (POOLED, *(str(s) for s in names))
+    n_scopes, n_cols = len(scopes), len(columns)
+    ic = np.full((2, n_scopes, n_cols, n_leads), np.nan)
+    se = np.full((n_scopes, n_cols), np.nan)
+    rho = np.zeros((n_scopes, n_cols, h))
+    rho[:, :, 0] = 1.0
+    count = np.zeros((n_scopes, n_cols))
+    x_all = np.empty((len(frame), n_cols))
+    for j, c in enumerate(columns):
+        x_all[:, j] = frame[c].to_numpy(dtype=np.float64)
+    finite = np.isfinite(x_all) & np.isfinite(fwd).all(axis=1)[:, None]
+    patterns: dict[bytes, list[int]] = {}
+    for j in range(n_cols):
+        patterns.setdefault(np.packbits(finite[:, j]).tobytes(), []).append(j)
+
+    def split(block: np.ndarray, k: int) -> np.ndarray:  # (cols, 2 * leads) -> (2, cols, leads)
+        return block.reshape(k, 2, n_leads).transpose(1, 0, 2)
+
+    for cols in patterns.values():
+        rows = np.flatnonzero(finite[:, cols[0]])
+        if rows.size < LEAD_MIN_OBS:
+            continue
+        x = x_all[rows][:, cols]
+        both = np.concatenate([fwd[rows], np.abs(fwd[rows])], axis=1)
+        k = len(cols)
+        # pooled: cross-sectional rank ICs per date, averaged over the usable dates
+        dc = date_codes[rows]
+        order, starts, _ = _sorted_groups(dc)
+        zx, ux = _standardised_ranks(x, dc, order, starts)
+        zr, ur = _standardised_ranks(both, dc, order, starts)
+        n_dates = ux.T.astype(float) @ ur.astype(float)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pooled = (zx.T @ zr) / n_dates
+            sizes = np.diff(np.r_[starts, rows.size]).astype(float)
+            inv = np.where(sizes > 1, 1.0 / np.maximum(sizes - 1.0, 1.0), 0.0)
+            used = ux.sum(axis=0).astype(float)
+            se[0, cols] = np.sqrt(inv @ ux) / used
+        pooled[n_dates < LEAD_MIN_OBS] = np.nan
+        ic[:, 0, cols, :] = split(pooled, k)
+        count[0, cols] = used
+        dense_day = np.repeat(np.arange(starts.size), np.diff(np.r_[starts, rows.size]))
+        rho[0, cols, :] = _cross_sectional_autocorr(zx, dense_day, codes[rows][order], ux, h)
+        # per symbol: time-series rank ICs (rows of a symbol stay in time order)
+        sc = codes[rows]
+        order, starts, groups = _sorted_groups(sc)
+        zx, ux = _standardised_ranks(x, sc, order, starts)
+        zr, ur = _standardised_ranks(both, sc, order, starts)
+        lagged = _lagged_products(zx, starts, h)
+        bounds = np.r_[starts, rows.size]
+        for g, symbol in enumerate(groups):
+            a, b = bounds[g], bounds[g + 1]
+            block = zx[a:b].T @ zr[a:b]
+            block[~(ux[g][:, None] & ur[g][None, :])] = np.nan
+            ic[:, 1 + symbol, cols, :] = split(block, k)
+            se[1 + symbol, cols] = 1.0 / np.sqrt(b - a - 1.0) if b - a > 1 else np.nan
+            rho[1 + symbol, cols, :] = lagged[g]
+            count[1 + symbol, cols] = b - a
+    return LeadProfiles(tuple(columns), scopes, h, ic, se, rho, count)
+
+
+@dataclass(frozen=True)
+class LeadHit:
+    """The strongest suspicious block of one (kind, scope, column): leads ``1 .. leads``."""
+
+    kind: str
+    scope: str
+    column: str
+    leads: int  # the block is leads 1 .. leads
+    lead: int  # the lead with the largest |IC| in the block
+    rank_ic: float  # the IC at ``lead``
+    block_rank_ic: float  # the block's typical (median) IC above the reference level
+    reference_rank_ic: float  # the median IC at leads horizon + 1 .. 2 * horizon
+    score: float  # block_rank_ic * sqrt(leads) (return) or block_rank_ic (abs_return)
+    threshold: float
+    z: float
+    n: int
+
+    def evidence(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "leads": [1, self.leads],
+            "lead": self.lead,
+            "rank_ic": self.rank_ic,
+            "block_rank_ic": self.block_rank_ic,
+            "reference_rank_ic": self.reference_rank_ic,
+            "score": self.score,
+            "threshold": self.threshold,
+            "z": self.z,
+            "z_threshold": LEAD_Z,
+            "n": self.n,
+        }
+
+
+def lead_profile_hits(profiles: LeadProfiles) -> list[LeadHit]:
+    """Every (kind, scope, column) whose profile looks like a copy of future bars.
+
+    For each block of leads ``1..j`` (``j <= horizon``), with ``d_k = IC_k - ref`` (``ref``:
+    the median IC at leads ``h+1 .. 2h``, the level the column keeps beyond the label's
+    bars; it absorbs honest persistence such as volatility clustering):
+
+    - strong: the block's typical IC ``fill = sign * median(d_1..d_j)`` reaches
+      ``LEAD_RETURN_IC / sqrt(j)`` (return: the implied IC with the j-bar return) or
+      ``LEAD_ABS_IC`` (abs_return);
+    - real: ``|mean(d_1..d_j)|`` exceeds ``LEAD_Z`` standard errors, the error of a mean of
+      j lead ICs that co-move as much as the column's autocorrelation makes them;
+    - concentrated where a copy would put it: ``sign * mean(d_1, d_2) >= LEAD_FIRST_SHARE *
+      fill`` (``d_1`` alone for ``j = 1``).
+
+    The block with the largest score is reported. Vectorised over kinds, scopes and
+    columns; the only loop runs over j (at most ``horizon``).
+    """
+    h = profiles.horizon
+    ic = profiles.ic
+    ref = np.median(ic[..., h : 2 * h], axis=-1)
+    # signed returns: no reference. Honest signed ICs beyond h are ~0 (real data: |ref| <
+    # 0.03), while a leak that copies more than h bars (fwd_ret_10 tested at h = 5) would
+    # lift its own reference and hide.
+    ref[0] = 0.0
+    d = ic[..., :h] - ref[..., None]  # (kinds, scopes, cols, h)
+    rho = np.clip(np.nan_to_num(profiles.rho), 0.0, 1.0)  # negative co-movement: not relied on
+    best_score = np.full(d.shape[:3], -np.inf)
+    best = np.zeros(d.shape[:3] + (3,))  # j, fill, z
+    scale = np.array([1.0, 0.0])  # return: sqrt(j) scaling; abs_return: none
+    threshold = np.array([LEAD_RETURN_IC, LEAD_ABS_IC])[:, None, None]
+    for j in range(1, h + 1):
+        mean = d[..., :j].mean(axis=-1)
+        sign = np.where(mean < 0, -1.0, 1.0)
+        fill = sign * np.median(d[..., :j], axis=-1)
+        lag = np.arange(1, j)
+        factor = (j + 2.0 * ((j - lag) * rho[..., 1:j]).sum(axis=-1)) / j**2  # (scopes, cols)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            z = np.abs(mean) / (profiles.se * np.sqrt(factor))[None]
+        score = fill * np.where(scale[:, None, None] > 0, np.sqrt(j), 1.0)
+        first = sign * d[..., : min(j, 2)].mean(axis=-1)  # the next one or two bars
+        ok = (score >= threshold) & (z >= LEAD_Z) & (first >= LEAD_FIRST_SHARE * fill)
+        ok &= np.isfinite(score) & np.isfinite(z) & (score > best_score)
+        best_score = np.where(ok, score, best_score)
+        best[ok] = np.stack([np.full(ok.sum(), j), fill[ok], z[ok]], axis=-1)
+    hits = []
+    for kind, scope, col in zip(*np.nonzero(np.isfinite(best_score)), strict=True):
+        j = int(best[kind, scope, col, 0])
+        block = ic[kind, scope, col, :j]
+        top = int(np.argmax(np.abs(block)))
+        hits.append(
+            LeadHit(
+                kind=LEAD_KINDS[kind],
+                scope=profiles.scopes[scope],
+                column=profiles.columns[col],
+                leads=j,
+                lead=top + 1,
+                rank_ic=float(block[top]),
+                block_rank_ic=float(best[kind, scope, col, 1]),
+                reference_rank_ic=float(ref[kind, scope, col]),
+                score=float(best_score[kind, scope, col]),
+                threshold=float(threshold[kind, 0, 0]),
+                z=float(best[kind, scope, col, 2]),
+                n=int(profiles.n[scope, col]),
+            )
+        )
+    return hits
+
+
+def bar_returns(panel_frame: pd.DataFrame) -> np.ndarray:
+    """The 1-bar log return into each row's bar: the panel's ``ret_1`` (always computed: it
+    needs only ``close``, which every bar file has)."""
+    if "ret_1" not in panel_frame.columns:
+        raise ValueError("the lead profile needs the panel's ret_1 column (1-bar returns)")
+    return panel_frame["ret_1"].to_numpy(dtype=np.float64)
+
+
+def lead_profile_test(
+    panel_frame: pd.DataFrame, features: Sequence[str], horizon: int, attempt: int
+) -> list[Exclusion]:
+    """Flag user columns whose IC with single future bars looks like a copy of those bars.
+
+    :func:`lead_profiles` at leads ``1 .. 2 * horizon``, judged by :func:`lead_profile_hits`.
+    A column flagged pooled is excluded for every symbol (evidence: the strongest pooled
+    hit, ``scope: "pooled"``); one flagged only in some symbols' time series is excluded
+    for those symbols (evidence ``by_symbol``), like the dominance test's per-symbol rule.
+    """
+    features = list(dict.fromkeys(features))
+    if not features:
+        return []
+    profiles = lead_profiles(panel_frame, features, bar_returns(panel_frame), horizon)
+    by_column: dict[str, list[LeadHit]] = {}
+    for hit in lead_profile_hits(profiles):
+        by_column.setdefault(hit.column, []).append(hit)
+    out = []
+    for feature in features:
+        hits = by_column.get(feature)
+        if not hits:
+            continue
+        pooled = [x for x in hits if x.scope == POOLED]
+        base = {"rule": "lead_profile", "test": "lead_profile", "horizon": int(horizon)}
+        if pooled:
+            top = max(pooled, key=lambda x: x.score / x.threshold)
+            evidence = {**base, "scope": POOLED, **top.evidence()}
+            symbols: tuple[str, ...] = ()
+        else:
+            per_symbol: dict[str, LeadHit] = {}
+            for x in hits:
+                if x.scope not in per_symbol or x.score / x.threshold > (
+                    per_symbol[x.scope].score / per_symbol[x.scope].threshold
+                ):
+                    per_symbol[x.scope] = x
+            evidence = {
+                **base,
+                "scope": "symbols",
+                "by_symbol": {s: x.evidence() for s, x in sorted(per_symbol.items())},
+            }
+            symbols = tuple(sorted(per_symbol))
+        log.info("lead profile: %s looks like a copy of future bars (%s)", feature, evidence)
+        out.append(Exclusion(feature, "lead_profile", evidence, attempt, symbols))
+    return out
+
+
+# --------------------------------------------------------------------------------------------
 # the whole detection of one attempt
 
 
@@ -626,11 +989,12 @@ def detect_leaks(
     attempt: int,
     inherited: Exclusions | None,
 ) -> Exclusions:
-    """Run the three tests on the features that earlier attempts did not exclude.
+    """Run the four tests on the features that earlier attempts did not exclude.
 
     Returns ``inherited``'s entries plus the ones found here (attempt ``attempt``). Only specs
     whose feature is in the panel are recomputed; user columns (not in ``specs``) are covered
-    by the name rules and the dominance test (pooled and per symbol).
+    by the name rules, the dominance test (pooled and per symbol) and, for those it lets
+    through, the lead profile (:func:`lead_profile_test`).
     """
     if target not in panel.frame.columns:
         raise ValueError(f"target {target!r} is not a column of the panel")
@@ -659,6 +1023,10 @@ def detect_leaks(
     found += dominance_test(
         panel.frame, target, rest, settings, attempt, horizon=horizon, per_symbol=user
     )
+    done |= {e.feature for e in found}
+
+    # user columns the dominance test let through: do they peek at the next bars?
+    found += lead_profile_test(panel.frame, [f for f in user if f not in done], horizon, attempt)
 
     result = Exclusions(target, attempt, tuple(previous) + tuple(found))
     log.info(

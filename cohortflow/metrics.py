@@ -8,7 +8,10 @@ Pairs where either the prediction or the target is NaN are ignored everywhere.
   the same on within-date ranks (Spearman).
 - ICIR: mean / standard deviation (ddof 1) of the per-date IC series (not annualised).
 - Newey-West t: t-statistic of the mean of a series with a HAC (Bartlett kernel) standard
-  error; forward returns over h bars overlap, so callers pass ``lags >= h - 1``.
+  error; forward returns over h bars overlap, so every caller takes its lags from the one
+  rule :func:`newey_west_lags` (``max(h - 1, 1)``).
+- Lead returns: :func:`forward_bar_returns` gives each row the single-bar returns of its
+  symbol 1, 2, ... bars ahead (the lead profile of leakage.py, the IC decay of portfolio.py).
 """
 
 from __future__ import annotations
@@ -21,9 +24,11 @@ import pandas as pd
 
 __all__ = [
     "auc_sign",
+    "forward_bar_returns",
     "ic_by_date",
     "ic_by_group",
     "information_ratio",
+    "newey_west_lags",
     "newey_west_t",
     "r2",
     "summarize_ic",
@@ -142,6 +147,24 @@ def information_ratio(ic_series: Any) -> float:
     return float(np.mean(x)) / sd if sd > 0 else math.nan
 
 
+def newey_west_lags(horizon: int) -> int:
+    """The Newey-West lag count for a per-date series scored on ``horizon``-bar forward returns.
+
+    ``max(horizon - 1, 1)``. An h-bar forward return sampled every bar shares h - 1 bars with
+    the next h - 1 ones, so under the null the per-date IC (or spread) series is MA(h - 1):
+    its autocovariances vanish beyond lag h - 1 (Hansen and Hodrick 1980), and h - 1 lags
+    reach every one that overlap makes non-zero. At least one lag, because the IC series of
+    persistent features is mildly autocorrelated even without overlap (h = 1). The Bartlett
+    weights keep the variance positive but shrink the far lags, so for a pure overlap the
+    HAC variance is ~2/3 of the true one at h = 20 (t up to ~1.2x too large): read ``nw_t``
+    as a screen, not a test at an exact level. Used by ranking, stacking and portfolio.
+    """
+    h = int(horizon)
+    if h < 1:
+        raise ValueError(f"horizon must be >= 1 bar, got {horizon}")
+    return max(h - 1, 1)
+
+
 def newey_west_t(series: Any, lags: int) -> float:
     """HAC t-statistic of the mean of ``series`` (Newey-West, Bartlett weights).
 
@@ -223,3 +246,36 @@ def summarize_ic(
         "nw_t": newey_west_t(ric.to_numpy(), lags),
         "n_dates": int(len(ric)),
     }
+
+
+def forward_bar_returns(timestamps: Any, symbols: Any, bar_return: Any, leads: Any) -> np.ndarray:
+    """Per row and lead k, the single-bar return of the same symbol k of its own bars ahead.
+
+    ``bar_return[i]`` is the return *into* row i's bar (e.g. the panel's ``ret_1``); the rows
+    of a symbol must be its consecutive own bars (the panel convention: build_panel drops
+    only the warm-up at the start). Column j of the result holds, for the row of symbol s at
+    its bar t, ``bar_return`` of s's bar t + leads[j]; NaN past s's last row. Vectorised: one
+    sort by (symbol, timestamp), then one shifted take per lead.
+    Returns a float64 array of shape (rows, len(leads)).
+    """
+    ts = np.asarray(timestamps).astype("datetime64[ns]").view(np.int64)
+    codes, _ = pd.factorize(np.asarray(symbols), sort=False)
+    r = np.asarray(bar_return, dtype=np.float64).ravel()
+    lead_list = [int(k) for k in np.atleast_1d(leads)]
+    if not (len(ts) == len(codes) == r.size):
+        raise ValueError(
+            f"lengths differ: timestamps {len(ts)}, symbols {len(codes)}, returns {r.size}"
+        )
+    if any(k < 1 for k in lead_list):
+        raise ValueError(f"leads must be >= 1 bar, got {lead_list}")
+    order = np.lexsort((ts, codes))
+    sym, rs = codes[order], r[order]
+    n = order.size
+    out = np.full((n, len(lead_list)), np.nan)
+    idx = np.arange(n)
+    for j, k in enumerate(lead_list):
+        if k >= n:
+            continue
+        same = sym[k:] == sym[:-k]  # the row k places on is still the same symbol
+        out[order[idx[:-k][same]], j] = rs[k:][same]
+    return out

@@ -12,32 +12,32 @@ Running it again copies nothing and reports every cohort as skipped.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from cohortflow.canonical import canonical_json, sha256_hex
-from cohortflow.errors import CohortflowError, StoreError
-from cohortflow.fsio import TMP_PREFIX, atomic_write_bytes, is_local, local_path
+from cohortflow.errors import CohortflowError, SealedAttemptError, StoreError
+from cohortflow.formats import read_bytes, read_json
+from cohortflow.fsio import TMP_PREFIX, is_local, local_path
 from cohortflow.index import CohortIndex
 from cohortflow.layout import (
     ATTEMPT_ARTIFACT_DIRS,
     COMPLETE_MARKER,
     LAYOUT_CURRENT,
     METADATA_FILE,
+    PROGRESS_MARKER,
     SYMBOL_SPECIFIC,
     CohortRecord,
     Scope,
     as_root,
     batch_of,
+    cohort_file,
     validate_cohort_id,
     walk_cohorts,
 )
-from cohortflow.snapshots import manifest_records, manifest_sha256
+from cohortflow.store import Store
 
 logger = logging.getLogger(__name__)
 
@@ -71,16 +71,12 @@ class MigrationReport:
         }
 
 
-class _Conflict(CohortflowError):
-    """A file could not be copied (different file in place, or verification failed)."""
-
-
 def _read_meta(cohort_dir: Any) -> dict[str, Any]:
     try:
-        data = json.loads((cohort_dir / METADATA_FILE).read_bytes())
-    except (FileNotFoundError, ValueError):
+        data = read_json(cohort_file(cohort_dir, METADATA_FILE))
+    except CohortflowError:
         return {}
-    return data if isinstance(data, dict) else {}
+    return data
 
 
 def _scope_for(old_root: Any, record: CohortRecord) -> tuple[Scope | None, str]:
@@ -105,90 +101,75 @@ def _scope_for(old_root: Any, record: CohortRecord) -> tuple[Scope | None, str]:
     return scope, ""
 
 
-def _files(folder: Any, skip_cohorts: bool = False) -> Iterator[tuple[str, ...]]:
-    """Relative parts of the regular files under ``folder``, sorted; no links, no temp files."""
-    if is_local(folder):
-        base = local_path(folder)
-        if not base.is_dir():
-            return
-        found = []
-        for dirpath, dirnames, filenames in os.walk(base):
-            rel = os.path.relpath(dirpath, base)
-            prefix = () if rel == "." else tuple(rel.split(os.sep))
-            if skip_cohorts and not prefix:
-                dirnames[:] = [d for d in dirnames if not d.startswith("cohort=")]
-            for name in filenames:
-                full = os.path.join(dirpath, name)
-                if not name.startswith(TMP_PREFIX) and not os.path.islink(full):
-                    found.append((*prefix, name))
-        yield from sorted(found)
-        return
-    if not folder.is_dir():
-        return
+def _files(folder: Any, top: tuple[str, ...] | None = None) -> list[tuple[str, Any]]:
+    """(relpath, path) of the regular files under ``folder``, sorted; no links, no temp
+    files, no markers; ``top``: only these sub-folders of ``folder`` (and no file of its
+    own)."""
     found = []
-    stack: list[tuple[str, ...]] = [()]
+    stack = [("", folder)]
     while stack:
-        prefix = stack.pop()
-        current = folder.joinpath(*prefix) if prefix else folder
-        for child in current.iterdir():
-            if child.is_dir():
-                if not (skip_cohorts and not prefix and child.name.startswith("cohort=")):
-                    stack.append((*prefix, child.name))
-            elif not child.name.startswith(TMP_PREFIX):
-                found.append((*prefix, child.name))
-    yield from sorted(found)
-
-
-def _copy(src: Any, dst: Any, allow_new: bool) -> bool:
-    """Copy one file; True if written, False if an identical file was already there.
-
-    ``allow_new`` is False for an attempt that is already complete in the new root: its
-    files may match, but adding one would change what its marker's manifest covers.
-    """
-    data = src.read_bytes()
-    digest = sha256_hex(data)
-    if dst.exists():
-        if sha256_hex(dst.read_bytes()) == digest:
-            return False
-        raise _Conflict(f"{dst} already exists with different content; not overwritten")
-    if not allow_new:
-        raise _Conflict(
-            f"{dst}: its attempt is already complete in the new root (has {COMPLETE_MARKER}); "
-            "adding files would change it"
-        )
-    atomic_write_bytes(dst, data)
-    if sha256_hex(dst.read_bytes()) != digest:
-        raise _Conflict(f"{dst}: sha256 after copy differs from the source {src}")
-    return True
-
-
-def _copy_tree(
-    src_dir: Any, dst_dir: Any, rel_files: list[tuple[str, ...]], allow_new: bool
-) -> tuple[int, list[str]]:
-    """Copy ``rel_files`` from ``src_dir`` to ``dst_dir``; returns (written, errors)."""
-    written, errors = 0, []
-    for parts in rel_files:
+        prefix, current = stack.pop()
         try:
-            written += _copy(src_dir.joinpath(*parts), dst_dir.joinpath(*parts), allow_new)
-        except (_Conflict, OSError) as exc:
-            errors.append(str(exc))
-    return written, errors
+            children = list(current.iterdir())
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        for child in children:
+            rel = f"{prefix}{child.name}"
+            if is_local(child) and os.path.islink(local_path(child)):
+                continue
+            if top is not None and not prefix and child.name not in top:
+                continue
+            if child.is_dir():
+                stack.append((rel + "/", child))
+            elif not child.name.startswith(TMP_PREFIX) and child.name not in (
+                COMPLETE_MARKER,
+                PROGRESS_MARKER,
+            ):
+                found.append((rel, child))
+    return sorted(found, key=lambda item: item[0])
 
 
-def _attempt_files(old_root: Any, record: CohortRecord) -> list[tuple[str, ...]]:
+def _attempt_files(old_root: Any, record: CohortRecord) -> list[tuple[str, Any]]:
     """Per-attempt artifact files next to ``record``'s cohort, relative to its container."""
     container = record.dir(old_root).parent
     if record.layout == LAYOUT_CURRENT:
-        # current attempts are copied as they are (fold plans, stacking, ...); the marker
-        # is written after everything else
-        return [p for p in _files(container, skip_cohorts=True) if p != (COMPLETE_MARKER,)]
-    return [(d, *p) for d in ATTEMPT_ARTIFACT_DIRS for p in _files(container / d)]
+        # current attempts are copied as they are (fold plans, stacking, ...), but cohorts
+        return [item for item in _files(container) if not item[0].startswith("cohort=")]
+    return _files(container, top=ATTEMPT_ARTIFACT_DIRS)
 
 
 def _same_root(a: Any, b: Any) -> bool:
     if is_local(a) and is_local(b):
         return os.path.realpath(local_path(a)) == os.path.realpath(local_path(b))
     return str(a) == str(b)
+
+
+def _copy(store: Store, scope: Scope, files: list[tuple[str, Any]]) -> tuple[int, list[str]]:
+    """Copy files into the attempt folder of ``scope`` through the store: identical ones
+    are left alone, a different one in the way is never overwritten. Returns (written,
+    errors)."""
+    items, errors = {}, []
+    for rel, src in files:
+        dst = scope.artifact_path(store.root, rel)
+        try:
+            data = read_bytes(src)
+            if dst.exists() and read_bytes(dst) != data:
+                errors.append(f"{dst} already exists with different content; not overwritten")
+            items[dst] = (data, None)
+        except (CohortflowError, OSError) as exc:
+            errors.append(f"{src}: {exc}")
+    if errors:
+        return 0, errors
+    try:
+        written = store.write_attempt_files({scope: items})
+    except SealedAttemptError:
+        return 0, [
+            f"{store.rel(scope.attempt_dir(store.root))}: its attempt is already complete in "
+            "the new root (sealed); adding files would change it"
+        ]
+    except (CohortflowError, OSError) as exc:
+        return 0, [str(exc)]
+    return sum(1 for w in written if not w.unchanged), []
 
 
 def migrate(old_root: Any, new_root: Any) -> MigrationReport:
@@ -201,45 +182,41 @@ def migrate(old_root: Any, new_root: Any) -> MigrationReport:
     old_root, new_root = as_root(old_root), as_root(new_root)
     if _same_root(old_root, new_root):
         raise StoreError(f"migrate needs two different roots, got {old_root} twice")
+    store = Store(new_root)
     records = list(walk_cohorts(old_root, include_incomplete=True))
     outcome: dict[str, MigrationItem] = {}
     # (source container, destination attempt) -> cohorts; an attempt's artifacts are copied once
-    groups: dict[tuple[str, str], list[tuple[CohortRecord, Scope]]] = defaultdict(list)
+    groups: dict[tuple[str, Scope], list[CohortRecord]] = defaultdict(list)
     for record in records:
         if not record.complete:
             outcome[record.path] = MigrationItem(
-                record.path, None, SKIPPED, "attempt incomplete (no _COMPLETE marker)"
+                record.path, None, SKIPPED, "attempt incomplete (_IN_PROGRESS, no _COMPLETE)"
             )
             continue
         scope, reason = _scope_for(old_root, record)
         if scope is None:
             outcome[record.path] = MigrationItem(record.path, None, SKIPPED, reason)
             continue
-        groups[(record.container_path(), scope.attempt_relpath())].append((record, scope))
+        groups[(record.container_path(), scope)].append(record)
 
-    attempt_sources: dict[str, list[CohortRecord]] = defaultdict(list)
-    attempt_failed: dict[str, bool] = defaultdict(bool)
-    sealed: dict[str, bool] = {}  # destination attempts complete before this run
-    for (_, dest_attempt), members in sorted(groups.items()):
-        first, scope = members[0]
-        if dest_attempt not in sealed:
-            sealed[dest_attempt] = scope.complete_marker(new_root).exists()
-        allow_new = not sealed[dest_attempt]
-        artifact_written, artifact_errors = _copy_tree(
-            first.dir(old_root).parent,
-            scope.attempt_dir(new_root),
-            _attempt_files(old_root, first),
-            allow_new,
-        )
-        attempt_sources[dest_attempt].append(first)
-        for record, scope in members:
-            src = record.dir(old_root)
-            dst = scope.cohort_dir(new_root, record.cohort_id)
-            new_rel = scope.record(record.cohort_id).path
-            written, errors = _copy_tree(src, dst, list(_files(src)), allow_new)
+    sources: dict[Scope, list[CohortRecord]] = defaultdict(list)
+    failed: dict[Scope, bool] = defaultdict(bool)
+    for (_, scope), members in sorted(
+        groups.items(), key=lambda kv: (kv[0][0], kv[0][1].attempt_relpath())
+    ):
+        first = members[0]
+        artifact_written, artifact_errors = _copy(store, scope, _attempt_files(old_root, first))
+        sources[scope].append(first)
+        for record in members:
+            cohort_files = [
+                (f"cohort={record.cohort_id}/{rel}", src)
+                for rel, src in _files(record.dir(old_root))
+            ]
+            written, errors = _copy(store, scope, cohort_files)
             errors = errors + artifact_errors
+            new_rel = scope.record(record.cohort_id).path
             if errors:
-                attempt_failed[dest_attempt] = True
+                failed[scope] = True
                 item = MigrationItem(record.path, new_rel, FAILED, "; ".join(errors))
             elif written or artifact_written:
                 item = MigrationItem(
@@ -249,11 +226,12 @@ def migrate(old_root: Any, new_root: Any) -> MigrationReport:
                 item = MigrationItem(record.path, new_rel, SKIPPED, "already migrated (identical)")
             outcome[record.path] = item
 
-    for dest_attempt, sources in sorted(attempt_sources.items()):
-        reason = _finish_attempt(old_root, new_root, dest_attempt, sources, attempt_failed)
+    for scope, from_ in sorted(sources.items(), key=lambda kv: kv[0].attempt_relpath()):
+        reason = _finish_attempt(store, old_root, scope, from_, failed[scope])
         if reason:
+            prefix = scope.attempt_relpath() + "/"
             for path, item in list(outcome.items()):
-                if item.status == MIGRATED and item.new and item.new.startswith(dest_attempt + "/"):
+                if item.status == MIGRATED and item.new and item.new.startswith(prefix):
                     outcome[path] = item._replace(status=FAILED, reason=reason)
 
     report = MigrationReport(items=[outcome[r.path] for r in records])
@@ -272,39 +250,23 @@ def migrate(old_root: Any, new_root: Any) -> MigrationReport:
 
 
 def _finish_attempt(
-    old_root: Any,
-    new_root: Any,
-    dest_attempt: str,
-    sources: list[CohortRecord],
-    attempt_failed: dict[str, bool],
+    store: Store, old_root: Any, scope: Scope, sources: list[CohortRecord], failed: bool
 ) -> str:
-    """Write the attempt's ``_COMPLETE`` marker last; returns why not ('' when written).
+    """Seal the attempt last; returns why not ('' when sealed).
 
-    A current-layout attempt copied alone keeps its own marker. Any other attempt gets the
-    marker the store writes (``artifacts_manifest_sha256`` over its artifacts as copied,
-    and its cohorts) plus ``migrated_from``: the old folders it came from.
+    A current-layout attempt copied alone keeps its own seal when it had one. Any other
+    attempt gets the seal the store writes (every file's sha256) plus ``migrated_from``:
+    the old folders it came from.
     """
-    attempt_dir = new_root.joinpath(*dest_attempt.split("/"))
-    marker = attempt_dir / COMPLETE_MARKER
-    if marker.exists():
+    if scope.complete_marker(store.root).exists():
         return ""  # complete before (earlier run or earlier writer): left as it is
-    if attempt_failed[dest_attempt]:
+    if not scope.progress_marker(store.root).exists():
+        return ""  # nothing was written here (the folder belongs to someone else)
+    if failed:
         return "attempt left incomplete (no _COMPLETE): another cohort of it failed"
+    own = None
     if len(sources) == 1 and sources[0].layout == LAYOUT_CURRENT:
-        data = (sources[0].dir(old_root).parent / COMPLETE_MARKER).read_bytes()
-    else:
-        cohorts = sorted(
-            p.name.removeprefix("cohort=")
-            for p in attempt_dir.iterdir()
-            if p.name.startswith("cohort=") and p.is_dir()
-        )
-        doc = {
-            "artifacts_manifest_sha256": manifest_sha256(manifest_records(attempt_dir)),
-            "cohorts": cohorts,
-            "migrated_from": sorted(s.container_path() for s in sources),
-        }
-        data = canonical_json(doc).encode("utf-8")
-    atomic_write_bytes(marker, data)
-    if sha256_hex(marker.read_bytes()) != sha256_hex(data):
-        return f"{marker}: sha256 after writing differs"
+        marker = scope.complete_marker(old_root)  # the same place in the old tree
+        own = read_bytes(marker) if marker.exists() else None
+    store.seal_folder(scope, {"migrated_from": sorted(s.container_path() for s in sources)}, own)
     return ""

@@ -16,13 +16,14 @@ import io
 from collections.abc import Mapping, Sequence
 
 import matplotlib
+import matplotlib.dates as mdates
 import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-_DPI = 90
-_FONT = 8  # points
+_DPI = 100
+_FONT = 11  # points: read at a glance in the Dagster UI
 _RC = {"font.size": _FONT, "axes.spines.top": False, "axes.spines.right": False}
 _GREEN, _RED = "#55a868", "#c44e52"
 _SERIES = ["#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860"]
@@ -70,12 +71,12 @@ def importance_bars(by_model: Mapping[str, pd.DataFrame], title: str, top: int =
         for m in models
     }
     label_w = _text_inches(features) + 0.2
-    width, height = label_w + 4.2, 0.9 + 0.28 * max(len(features), 1)
+    width, height = label_w + 5.2, 1.1 + 0.36 * max(len(features), 1)
     bar = 0.8 / max(1, len(models))
     y = np.arange(len(features), dtype=float)
     with _rc():
         fig = _figure(width, height)
-        ax = fig.add_axes((label_w / width, 0.45 / height, 2.9 / width, 1 - 0.8 / height))
+        ax = fig.add_axes((label_w / width, 0.55 / height, 3.6 / width, 1 - 1.0 / height))
         for k, model in enumerate(models):
             values = share[model].reindex(features).fillna(0.0).to_numpy(dtype=float)
             offset = ((len(models) - 1) / 2 - k) * bar  # first model on top of each group
@@ -83,7 +84,7 @@ def importance_bars(by_model: Mapping[str, pd.DataFrame], title: str, top: int =
         ax.set_yticks(y, features)
         ax.set_xlabel("share")
         ax.set_title(title)
-        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.legend(fontsize=_FONT - 1, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         return _png(fig)
 
 
@@ -122,5 +123,58 @@ def grouped_bars(table: pd.DataFrame, title: str, ylabel: str) -> bytes:
         ax.axhline(0, color="black", linewidth=0.6)
         ax.set_title(title)
         ax.set_ylabel(ylabel)
-        ax.legend(fontsize=7, frameon=False)
+        ax.legend(fontsize=_FONT - 1, frameon=False)
+        return _png(fig)
+
+
+_PORTFOLIO_FONT = 10  # points: read at a glance in the Dagster UI
+
+
+def portfolio_plot(doc: Mapping, target: str) -> bytes:
+    """A ``portfolio.json`` document drawn: mean h-bar return per quantile (bars, in %) and
+    the cumulative long-short return over the non-overlapping periods (line, in %), under a
+    title that names the target and quotes the long-short Sharpe ratio and its DSR."""
+    means = [np.nan if m is None else 100.0 * float(m) for m in doc["mean_return_by_quantile"]]
+    labels = [f"Q{k}" for k in range(1, len(means) + 1)]
+    ls = doc["long_short"]
+    series = ls.get("series") or []
+    when = pd.to_datetime([d for d, _ in series])
+    cumulative = 100.0 * np.cumsum([float(v) for _, v in series])
+    sharpe = ls.get("sharpe_annualized")
+    dsr = (doc.get("deflated_sharpe") or {}).get("probability")
+    facts = [f"h = {doc['horizon']} bars"]
+    facts.append(f"long-short Sharpe {sharpe:.2f}" if sharpe is not None else "Sharpe n/a")
+    facts.append(f"DSR {dsr:.2f}" if dsr is not None else "DSR n/a")
+    rc = {**_RC, "font.size": _PORTFOLIO_FONT}
+    with matplotlib.rc_context(rc):
+        fig = _figure(9.0, 3.6)
+        fig.suptitle(f"{target}: held-out portfolio ({', '.join(facts)})", fontsize=12)
+        left = fig.add_axes((0.08, 0.16, 0.36, 0.66))
+        x = np.arange(len(means))
+        heights = np.nan_to_num(means)  # an empty quantile (fewer names than Q): no bar
+        left.bar(x, heights, color=[_GREEN if v >= 0 else _RED for v in heights])
+        left.set_xticks(
+            x,
+            [
+                lab if np.isfinite(m) else f"{lab}\n(empty)"
+                for lab, m in zip(labels, means, strict=True)
+            ],
+        )
+        left.axhline(0, color="black", linewidth=0.6)
+        left.set_title("mean return by quantile")
+        left.set_ylabel(f"mean {doc['horizon']}-bar return (%)")
+        right = fig.add_axes((0.56, 0.16, 0.41, 0.66))
+        right.axhline(0, color="black", linewidth=0.6)
+        right.set_title("cumulative long-short (top - bottom)")
+        right.set_ylabel("cumulative return (%)")
+        if len(series):
+            right.plot(when, cumulative, color=_SERIES[0], linewidth=1.4)
+            locator = mdates.AutoDateLocator(minticks=3, maxticks=8)
+            right.xaxis.set_major_locator(locator)
+            right.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+        else:
+            right.set_xticks([])
+            right.set_yticks([])
+            right.text(0.5, 0.5, ls.get("note") or "no long-short periods", ha="center",
+                       va="center", wrap=True, transform=right.transAxes)  # fmt: skip
         return _png(fig)

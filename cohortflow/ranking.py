@@ -45,6 +45,7 @@ from cohortflow.metrics import (
     auc_sign,
     ic_by_date,
     ic_by_group,
+    newey_west_lags,
     r2,
     summarize_ic,
     time_series_ic,
@@ -296,7 +297,7 @@ def _cs_date_share(ts: np.ndarray) -> float:
 def _cross_sectional_metrics(
     ts: np.ndarray, sym: np.ndarray, y: np.ndarray, oof: _Oof, plan: FoldPlan, horizon: int
 ) -> tuple[dict[str, Any], str]:
-    lags = max(horizon - 1, 1)
+    lags = newey_west_lags(horizon)
     tested = plan.test_fold() >= 0
     share = _cs_date_share(ts[tested])
     basis = "cs_rank_ic" if share >= MIN_CS_DATE_SHARE else "ts_rank_ic"

@@ -7,6 +7,7 @@ threads and devices change speed, never numbers we compare.
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,25 @@ from cohortflow.errors import SettingsError
 from cohortflow.names import validate_name
 
 CONFIG_VERSION = 1
+# the scoring schema cohorts are written under (metrics.json schema.scoring); readers
+# normalise older ones (cohortflow.snapshots.normalize_scoring)
+DEFAULT_SCORING_SCHEMA = "1.2"
+
+
+#: Set by the Dagster shell from its home's run queue limit (and by ``cohortflow run``):
+#: how many runs may fit models at once on this machine.
+RUNS_AT_ONCE_ENV = "COHORTFLOW_RUNS_AT_ONCE"
+
+
+def auto_threads() -> int:
+    """Threads per model fit for ``n_threads: 0``: the cores this process may use, shared
+    by the runs allowed at once (several runs must not oversubscribe the cores)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        runs = max(1, int(os.environ.get(RUNS_AT_ONCE_ENV, "1")))
+    except ValueError:
+        runs = 1
+    return max(1, (cores or 1) // runs)
 
 
 @dataclass(frozen=True)
@@ -41,11 +61,16 @@ class Settings:
     min_rows: int = 500
     attempt_limit: int = 3
     n_splits: int = 5
-    # embargo in bars after each test segment; None means "the horizon"
+    # embargo (AFML 7.4.2, cohortflow/splits.py): each symbol's next `embargo` own bars
+    # after the purged span of a test fold (its rows' label windows) leave training too;
+    # None means "the horizon" (training resumes 2h bars after the fold), and
+    # embargo_for() never goes below the horizon
     embargo: int | None = None
     test_fraction: float = 0.2
     seed: int = 7
-    n_threads: int = 2
+    # threads of each model fit; 0 = auto: the cores shared by the runs allowed at once
+    # (the Dagster home's run queue limit)
+    n_threads: int = 0
     # OOF folds fitted at once, sharing the n_threads (n_threads // fold_workers threads a
     # fit, at least 1; oof.py); 1 = one fold after another with n_threads each
     fold_workers: int = 2
@@ -77,6 +102,7 @@ class Settings:
     symbol_views: int = 25
     max_rows: int = 2_000_000
     min_cs: int = 1
+    scoring_schema_version: str = DEFAULT_SCORING_SCHEMA
 
     def __post_init__(self) -> None:
         if not self.horizons or any(int(h) < 1 for h in self.horizons):
@@ -91,11 +117,15 @@ class Settings:
             raise SettingsError(f"n_splits must be at least 2, got {self.n_splits}")
         if not 0.0 < self.test_fraction < 0.5:
             raise SettingsError(f"test_fraction must be in (0, 0.5), got {self.test_fraction}")
-        if self.n_threads < 1 or self.fold_workers < 1:
+        if self.n_threads < 0 or self.fold_workers < 1:
             raise SettingsError(
-                f"n_threads and fold_workers must be at least 1, got {self.n_threads} and "
-                f"{self.fold_workers}"
+                f"n_threads must be 0 (auto) or more and fold_workers at least 1, got "
+                f"{self.n_threads} and {self.fold_workers}"
             )
+        if self.n_threads == 0:
+            object.__setattr__(self, "n_threads", auto_threads())
+        # two fits sharing one thread only wait for each other
+        object.__setattr__(self, "fold_workers", min(self.fold_workers, self.n_threads))
         if self.device not in ("cpu", "cuda"):
             raise SettingsError(f"device must be 'cpu' or 'cuda', got {self.device!r}")
         if self.lightgbm_device not in ("auto", "cuda", "gpu", "cpu"):

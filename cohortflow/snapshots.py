@@ -16,14 +16,16 @@ from typing import Any
 
 import pandas as pd
 
-from cohortflow import __version__
-from cohortflow.canonical import fingerprint, normalize, sha256_hex
-from cohortflow.layout import COMPLETE_MARKER, Scope, cohort_id
-from cohortflow.settings import CONFIG_VERSION
+from cohortflow.canonical import canonical_json_bytes, fingerprint, normalize, sha256_hex
+from cohortflow.errors import CorruptFileError
+from cohortflow.layout import COHORT_FILES, COMPLETE_MARKER, PROGRESS_MARKER, Scope, cohort_id
+from cohortflow.settings import CONFIG_VERSION, DEFAULT_SCORING_SCHEMA
+from cohortflow.version import code_version
 
-SCORING_SCHEMA_VERSION = "1.2"
 METRICS_SCHEMA_VERSION = "1"
-SNAPSHOT_FILES = ("metadata.json", "metrics.json", "snapshot.json", "diff_prev.json", "drift.json")
+SNAPSHOT_FILES = COHORT_FILES
+# what readers of older snapshots fall back to when a cohort records no version at all
+LEGACY_SCORING_SCHEMA = "1.1"
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ def manifest_records(attempt_dir: Any) -> list[ManifestRecord]:
             path.relative_to(attempt_dir).as_posix() if hasattr(path, "relative_to") else str(path)
         )
         parts = rel.split("/")
-        if parts[0].startswith("cohort=") or rel == COMPLETE_MARKER:
+        if parts[0].startswith("cohort=") or rel in (COMPLETE_MARKER, PROGRESS_MARKER):
             continue
         if any(p.startswith(".") for p in parts):
             continue
@@ -142,6 +144,61 @@ def manifest_sha256(records: Sequence[ManifestRecord]) -> str | None:
     for r in sorted(records, key=lambda r: r.relpath):
         h.update(f"{r.relpath}\0{r.size}\0{r.sha256}\n".encode())
     return h.hexdigest()
+
+
+def metadata_digest(metadata: Mapping[str, Any]) -> str:
+    """sha256 of a cohort's metadata.json without its ``run`` key (the run id, time and
+    host that wrote it, which no hash covers: DESIGN §3)."""
+    return sha256_hex(canonical_json_bytes({k: v for k, v in metadata.items() if k != "run"}))
+
+
+def scoring_version(
+    snapshot: Mapping[str, Any] | None, metrics: Mapping[str, Any] | None
+) -> tuple[str, str]:
+    """The scoring schema version a cohort was scored under, and where it was read from.
+
+    ``metrics.json``'s ``schema.scoring`` is the authority; older snapshots carry only a
+    top-level ``scoring_schema_version`` (sometimes a stale ``"1.1"`` beside metrics
+    written as 1.2, the bug the reference fixed), or nothing.
+    """
+    schema = (metrics or {}).get("schema")
+    if isinstance(schema, Mapping) and schema.get("scoring") is not None:
+        return str(schema["scoring"]), "metrics.json schema.scoring"
+    outputs = (snapshot or {}).get("outputs")
+    nested = outputs.get("metrics", {}).get("schema", {}) if isinstance(outputs, Mapping) else {}
+    if isinstance(nested, Mapping) and nested.get("scoring") is not None:
+        return str(nested["scoring"]), "snapshot.json outputs.metrics.schema.scoring"
+    if (snapshot or {}).get("scoring_schema_version") is not None:
+        return str(snapshot["scoring_schema_version"]), "snapshot.json scoring_schema_version"
+    return LEGACY_SCORING_SCHEMA, "default for cohorts that record none"
+
+
+def normalize_scoring(
+    snapshot: Mapping[str, Any] | None, metrics: Mapping[str, Any] | None, where: Any
+) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """Older snapshots in today's shape: ``scoring_schema_version`` at the top level equal
+    to ``outputs.metrics.schema.scoring`` and to metrics.json's ``schema.scoring``, plus
+    ``scoring_schema_read`` saying which version was read, from where, and what the
+    snapshot claimed if it disagreed. Documents that are not mappings are refused."""
+    for name, doc in (("snapshot.json", snapshot), ("metrics.json", metrics)):
+        if doc is not None and not isinstance(doc, Mapping):
+            raise CorruptFileError(f"{where}/{name}", "expected a JSON mapping at the top level")
+    if snapshot is None and metrics is None:
+        return None, None
+    version, source = scoring_version(snapshot, metrics)
+    snap = dict(snapshot or {})
+    claimed = snap.get("scoring_schema_version")
+    snap["scoring_schema_version"] = version
+    outputs = dict(snap.get("outputs") or {})
+    outputs["metrics"] = {**dict(outputs.get("metrics") or {}), "schema": {"scoring": version}}
+    snap["outputs"] = outputs
+    read = {"version": version, "source": source}
+    if claimed is not None and str(claimed) != version:
+        read["snapshot_claimed"] = str(claimed)
+    snap["scoring_schema_read"] = read
+    mets = dict(metrics or {})
+    mets["schema"] = {**dict(mets.get("schema") or {}), "scoring": version}
+    return snap, mets
 
 
 def flatten(doc: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -287,8 +344,9 @@ def finalize_cohort(
     """Build the cohort's documents from a draft and the attempt's manifest."""
     scope = draft.scope
     cid = draft.cohort_id
+    scoring = str(draft.settings.get("scoring_schema_version", DEFAULT_SCORING_SCHEMA))
     metrics_doc = {
-        "schema": {"scoring": SCORING_SCHEMA_VERSION, "metrics": METRICS_SCHEMA_VERSION},
+        "schema": {"scoring": scoring, "metrics": METRICS_SCHEMA_VERSION},
         **normalize(dict(draft.metrics)),
         "key": normalize(dict(draft.key_metrics)),
     }
@@ -311,7 +369,8 @@ def finalize_cohort(
     }
     snapshot = {
         **common,
-        "scoring_schema_version": metrics_doc["schema"]["scoring"],
+        "scoring_schema_version": scoring,
+        "outputs": {"metrics": {"schema": dict(metrics_doc["schema"])}},
         "fingerprints": fingerprints,
         "key_metrics": normalize(dict(draft.key_metrics)),
         "features": list(draft.features),
@@ -328,7 +387,7 @@ def finalize_cohort(
         "settings": normalize(dict(draft.settings)),
         "data_fingerprint": draft.data_fingerprint,
         "featureset_fingerprint": draft.featureset_fingerprint,
-        "code_version": __version__,
+        "code_version": code_version(),
         "data_profile": normalize(dict(draft.data_profile)),
         "run": dict(run_info),
     }

@@ -14,11 +14,9 @@
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -28,9 +26,7 @@ from scipy.optimize import minimize, nnls
 
 from cohortflow import metrics
 from cohortflow.canonical import canonical_json, normalize
-from cohortflow.errors import ArtifactNotFoundError
-from cohortflow.fsio import atomic_write_bytes, write_json
-from cohortflow.layout import as_root
+from cohortflow.formats import json_bytes, parse_json, prediction_parquet_bytes
 from cohortflow.names import validate_name
 from cohortflow.oof import (
     TREE_MODELS,
@@ -40,14 +36,12 @@ from cohortflow.oof import (
     label_end_column,
     labelled_rows,
     model_input,
-    parquet_bytes,
     pred_column,
     predict_base_model,
-    read_oof_parquet,
     resolve_model_features,
 )
 from cohortflow.settings import Settings
-from cohortflow.splits import WalkForward, holdout_split
+from cohortflow.splits import WalkForward
 
 log = logging.getLogger(__name__)
 
@@ -354,63 +348,6 @@ def fit_meta_learner(
 # --------------------------------------------------------------------------- hold-out
 
 
-def split_train_test(
-    panel_frame: pd.DataFrame, target: str, horizon: int, settings: Settings
-) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
-    """Training window and held-out test period of a panel, for one target.
-
-    Rows without a label are dropped. Test: the last ``settings.test_fraction`` of the
-    labelled dates. Training: rows whose label window ends more than
-    ``settings.embargo_for(horizon)`` bars before the first test date, so at least
-    ``horizon + embargo`` bars lie strictly between the last training date and the first
-    test date (:func:`cohortflow.splits.holdout_split`). The dict records the boundaries;
-    ``gap_bars`` / ``label_gap_bars`` count bars of the panel's date grid strictly between
-    the last training date / label end and the first test date.
-    """
-    validate_name("target", target)
-    embargo = settings.embargo_for(horizon)
-    le_col = label_end_column(horizon)
-    missing = [c for c in ("timestamp", "symbol", target, le_col) if c not in panel_frame]
-    if missing:
-        raise ValueError(f"panel is missing column(s) {missing} needed for target {target!r}")
-    # positions of the labelled rows (as labelled_rows keeps them), not a labelled copy of
-    # the panel: each window is copied once (at 500 symbols a copy is 0.8 GB, and every
-    # stage's asset calls this)
-    y = panel_frame[target].to_numpy(dtype=np.float64)
-    labelled = np.flatnonzero(np.isfinite(y) & panel_frame[le_col].notna().to_numpy())
-    train_rows, test_rows = holdout_split(
-        panel_frame["timestamp"].to_numpy()[labelled],
-        panel_frame[le_col].to_numpy()[labelled],
-        settings.test_fraction,
-        horizon,
-        embargo,
-    )
-    train = panel_frame.iloc[labelled[np.asarray(train_rows)]].reset_index(drop=True)
-    test = panel_frame.iloc[labelled[np.asarray(test_rows)]].reset_index(drop=True)
-    grid = np.unique(panel_frame["timestamp"].to_numpy(dtype="datetime64[ns]"))
-
-    def pos(t: Any) -> int:
-        return int(np.searchsorted(grid, np.datetime64(pd.Timestamp(t), "ns")))
-
-    last_label_end = train[le_col].max()
-    info = {
-        "target": target,
-        "horizon": int(horizon),
-        "embargo": embargo,
-        "test_fraction": settings.test_fraction,
-        "train_first": train["timestamp"].min().isoformat(),
-        "train_last": train["timestamp"].max().isoformat(),
-        "train_last_label_end": last_label_end.isoformat(),
-        "test_first": test["timestamp"].min().isoformat(),
-        "test_last": test["timestamp"].max().isoformat(),
-        "gap_bars": pos(test["timestamp"].min()) - pos(train["timestamp"].max()) - 1,
-        "label_gap_bars": pos(test["timestamp"].min()) - pos(last_label_end) - 1,
-        "train_rows": len(train),
-        "test_rows": len(test),
-    }
-    return train, test, info
-
-
 # --------------------------------------------------------------------------- stacking
 
 
@@ -438,7 +375,7 @@ def column_metrics(
 
     ``probability``: the column is P(y > 0), whose R^2 against returns means nothing (None).
     """
-    summary = metrics.summarize_ic(ts, pred, y, lags=max(int(horizon) - 1, 0))
+    summary = metrics.summarize_ic(ts, pred, y, lags=metrics.newey_west_lags(horizon))
     return {
         "r2": None if probability else metrics.r2(y, pred),
         "ic": summary["ic"],
@@ -702,24 +639,15 @@ def _model_bytes(name: str, est: Any, features: Sequence[str]) -> bytes:
     return canonical_json(doc).encode("utf-8")
 
 
-def save_stacking(result: StackingResult, folder: str | Path) -> list[Path]:
-    """Write the stack to ``folder`` in native formats only (no pickle), deterministic bytes.
-
-    Files: ``lightgbm.txt``, ``xgboost.json``, ``{extra}.json`` (linear extras),
+def stacking_files(result: StackingResult) -> dict[str, bytes]:
+    """The stack's files in native formats only (no pickle), deterministic bytes, by name:
+    ``lightgbm.txt``, ``xgboost.json``, ``{extra}.json`` (linear extras),
     ``meta_learner.json``, ``model_card.json``, ``test_predictions.parquet``,
-    ``evaluation.json``. Returns their paths, sorted. Every write goes through fsio.
-    ``folder`` may be a local path or a UPath.
-    """
-    folder = as_root(folder)
-    written = []
-    for name in result.base_models:
-        path = folder / _model_file(name)
-        atomic_write_bytes(path, _model_bytes(name, result.boosters[name], result.features[name]))
-        written.append(path)
-    meta_doc = {**result.meta, "target": result.target, "horizon": result.horizon}
-    write_json(folder / FILES["meta"], meta_doc)
-    write_json(folder / FILES["card"], result.model_card)
-    atomic_write_bytes(folder / FILES["predictions"], parquet_bytes(result.test_predictions))
+    ``evaluation.json``. The store writes them into the attempt's ``stacking/`` folder."""
+    files = {
+        _model_file(name): _model_bytes(name, result.boosters[name], result.features[name])
+        for name in result.base_models
+    }
     evaluation = {
         "target": result.target,
         "horizon": result.horizon,
@@ -727,9 +655,13 @@ def save_stacking(result: StackingResult, folder: str | Path) -> list[Path]:
         "meta_validation": result.meta_validation,
         "weights": result.weights,
     }
-    write_json(folder / FILES["evaluation"], evaluation)
-    written += [folder / FILES[k] for k in ("meta", "card", "predictions", "evaluation")]
-    return sorted(written)
+    files[FILES["meta"]] = json_bytes(
+        {**result.meta, "target": result.target, "horizon": result.horizon}
+    )
+    files[FILES["card"]] = json_bytes(result.model_card)
+    files[FILES["predictions"]] = prediction_parquet_bytes(result.test_predictions)
+    files[FILES["evaluation"]] = json_bytes(evaluation)
+    return dict(sorted(files.items()))
 
 
 @dataclass(frozen=True)
@@ -776,8 +708,9 @@ class LoadedStack:
         return self.meta.predict(base[list(self.meta.columns)].to_numpy())
 
 
-def load_stacking(folder: str | Path) -> LoadedStack:
-    """Read a stack written by :func:`save_stacking`; parses files only, runs no code.
+def stack_from_files(read: Callable[[str], bytes]) -> LoadedStack:
+    """A stack from its files, ``read(name)`` giving each file's bytes (see
+    :func:`stacking_files`); parses files only, runs no code.
 
     LightGBM text and XGBoost JSON go to their own loaders (``lgb.Booster(model_str=...)``,
     ``xgb.Booster().load_model(...)``), linear extras and the meta-learner are JSON numbers.
@@ -786,27 +719,19 @@ def load_stacking(folder: str | Path) -> LoadedStack:
     import lightgbm as lgb
     import xgboost as xgb
 
-    folder = as_root(folder)
-    card_path, meta_path = folder / FILES["card"], folder / FILES["meta"]
-    for path in (card_path, meta_path):
-        if not path.is_file():
-            present = sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-            raise ArtifactNotFoundError(
-                f"stacking model file not found: {path}; folder holds {present}"
-            )
-    card = json.loads(card_path.read_text(encoding="utf-8"))
-    meta = MetaLearner.from_dict(json.loads(meta_path.read_text(encoding="utf-8")))
+    card = parse_json(FILES["card"], read(FILES["card"]))
+    meta = MetaLearner.from_dict(parse_json(FILES["meta"], read(FILES["meta"])))
     models: dict[str, Any] = {}
     for name in card["base_models"]:
-        path = folder / _model_file(validate_name("model", name))
+        data = read(_model_file(validate_name("model", name)))
         if name == "lightgbm":
-            models[name] = lgb.Booster(model_str=path.read_text(encoding="utf-8"))
+            models[name] = lgb.Booster(model_str=data.decode("utf-8"))
         elif name == "xgboost":
             booster = xgb.Booster()
-            booster.load_model(bytearray(path.read_bytes()))
+            booster.load_model(bytearray(data))
             models[name] = booster
         else:
-            doc = json.loads(path.read_text(encoding="utf-8"))
+            doc = parse_json(_model_file(name), data)
             models[name] = LinearModel(
                 np.asarray(doc["coef"], dtype=np.float64), float(doc["intercept"])
             )
@@ -819,8 +744,3 @@ def load_stacking(folder: str | Path) -> LoadedStack:
         meta=meta,
         model_card=card,
     )
-
-
-def read_test_predictions(folder: str | Path) -> pd.DataFrame:
-    """The saved ``test_predictions.parquet`` of a stacking folder."""
-    return read_oof_parquet(as_root(folder) / FILES["predictions"])

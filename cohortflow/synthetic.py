@@ -17,6 +17,22 @@ Noise: ``noise_00`` ... AR(1) series with persistence from 0 to 0.95, unrelated 
 Planted leaks: ``leak_future`` = the realised ``fwd_ret_H`` plus noise (rank IC ~ 0.75) and
 ``leak_centered`` = a centered rolling mean of 1-bar log returns over 2H+1 bars.
 
+Optional leak kinds (``leak_kinds=``, off by default; each adds one named user column, drawn
+from its own random stream, so the frames without them are byte-identical to before):
+
+- ``"shifted_ret_5"`` -> ``leak_shifted_ret_5``: the 5-bar log return shifted one bar back
+  (``log(c[t+1] / c[t-4])``): a one-row misalignment. Rank IC ~0.2 with ``fwd_ret_5`` but
+  ~0.45 with the next bar's return alone.
+- ``"one_symbol"`` -> ``leak_one_symbol``: in ONE symbol's file (``SYN03``, the shortest
+  history; the last symbol if fewer) the realised ``fwd_ret_5`` plus noise, at a Pearson
+  correlation of exactly 0.3 with it (rank IC ~0.29); honest N(0, 1) noise in every other
+  file.
+- ``"centered_5"`` -> ``leak_centered_5``: a centered mean of 1-bar log returns over
+  t-5 .. t+5 (the demo leak's window as a user column); tested at h = 20 it scores a rank
+  IC of only ~0.3 with ``fwd_ret_20``.
+- ``"vol_next_5"`` -> ``leak_vol_next_5``: the standard deviation of the next 5 bars'
+  log returns (a peek at future volatility: no signed IC, only an IC with |return|).
+
 Symbols ``SYN00`` ... on business days from ``start``; every 4th symbol starting at SYN01
 starts n_bars // 6 later, every 4th from SYN03 n_bars // 3 later (unequal histories).
 Random streams come from ``SeedSequence(seed, spawn_key=...)`` per symbol, so a symbol's
@@ -46,6 +62,15 @@ _MAX_EXPLAINED = 0.5  # cap on H * sum(IC^2): the share of one bar's variance fr
 SIGMA_MARKET = 0.007  # daily log-return sd of the market factor
 SIGMA_IDIO = 0.012  # daily log-return sd of the idiosyncratic noise
 _LEAK_NOISE = 0.8  # leak_future noise sd, in units of sd(fwd_ret_H)
+# the optional leak kinds and the column each adds (module docstring)
+LEAK_KINDS = {
+    "shifted_ret_5": "leak_shifted_ret_5",
+    "one_symbol": "leak_one_symbol",
+    "centered_5": "leak_centered_5",
+    "vol_next_5": "leak_vol_next_5",
+}
+ONE_SYMBOL_LEAK_INDEX = 3  # SYN03: a start n_bars // 3 late, the fewest rows
+_ONE_SYMBOL_IC = 0.3  # corr(leak_one_symbol, fwd_ret_5) in the leaking file
 
 
 @dataclass(frozen=True)
@@ -57,6 +82,8 @@ class SyntheticTruth:
     noise_features: tuple[str, ...]
     leak_features: tuple[str, ...]
     seed: int
+    # symbol-scoped leaks: column -> the symbols whose files hold it (others: honest noise)
+    leak_symbols: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
 
 def signal_betas(signal_horizon: int) -> np.ndarray:
@@ -93,6 +120,56 @@ def _history_offset(i: int, n_bars: int) -> int:
     return {1: n_bars // 6, 3: n_bars // 3}.get(i % 4, 0)
 
 
+def _forward_simple(c: np.ndarray, h: int) -> np.ndarray:
+    out = np.full(len(c), np.nan)
+    if len(c) > h:
+        out[:-h] = c[h:] / c[:-h] - 1.0
+    return out
+
+
+def _optional_leaks(
+    frame: pd.DataFrame, kinds: tuple[str, ...], i: int, leaky_symbol: int, seed: int
+) -> None:
+    """Add the columns of the optional leak ``kinds`` to one symbol's frame (in place)."""
+    rng = _rng(seed, 2, i)  # a stream of its own: the other columns stay as they were
+    c = frame["close"].to_numpy()
+    n = len(c)
+    logc = np.log(c)
+    ret1 = np.full(n, np.nan)
+    ret1[1:] = np.diff(logc)
+    for kind in kinds:
+        if kind == "shifted_ret_5":
+            x = np.full(n, np.nan)
+            x[4 : n - 1] = logc[5:] - logc[:-5]  # at t: log(c[t+1] / c[t-4])
+        elif kind == "one_symbol":
+            noise = rng.standard_normal(n)
+            x = noise
+            if i == leaky_symbol:
+                fwd = _forward_simple(c, 5)
+                ok = np.isfinite(fwd)
+                z = (fwd[ok] - fwd[ok].mean()) / fwd[ok].std()
+                # noise orthogonal to z in this sample, so the correlation is exactly the IC
+                e = noise[ok] - noise[ok].mean()
+                e -= (e @ z) / (z @ z) * z
+                e /= e.std()
+                k = np.sqrt(1.0 / _ONE_SYMBOL_IC**2 - 1.0)  # corr(z + k * e, z) = IC
+                x = noise.copy()
+                x[ok] = z + k * e
+        elif kind == "centered_5":
+            x = np.full(n, np.nan)
+            if n >= 12:
+                # the mean of the 1-bar returns into bars t-5 .. t+5
+                x[6 : n - 5] = sliding_window_view(ret1[1:], 11).mean(axis=-1)
+        elif kind == "vol_next_5":
+            x = np.full(n, np.nan)
+            if n > 6:
+                # the returns into bars t+1 .. t+5
+                x[: n - 5] = sliding_window_view(ret1[1:], 5).std(axis=-1, ddof=1)
+        else:  # validated by generate_frames
+            raise AssertionError(kind)
+        frame[LEAK_KINDS[kind]] = x
+
+
 def _symbol_frame(
     i: int,
     market: np.ndarray,
@@ -102,6 +179,8 @@ def _symbol_frame(
     seed: int,
     with_ohlcv: bool,
     with_leaks: bool,
+    leak_kinds: tuple[str, ...] = (),
+    leaky_symbol: int = -1,
 ) -> pd.DataFrame:
     n = len(market)
     rng = _rng(seed, 1, i)
@@ -149,6 +228,8 @@ def _symbol_frame(
             # the mean of ret1 over bars t-H .. t+H (ret1 index k is the return into bar k+1)
             centered[horizon + 1 : len(c) - horizon] = sliding_window_view(ret1, w).mean(axis=-1)
         frame["leak_centered"] = centered
+    if leak_kinds:
+        _optional_leaks(frame, leak_kinds, i, leaky_symbol, seed)
     return frame
 
 
@@ -161,28 +242,49 @@ def generate_frames(
     start: str = "2015-01-02",
     with_ohlcv: bool = True,
     with_leaks: bool = True,
+    leak_kinds: tuple[str, ...] = (),
 ) -> tuple[dict[str, pd.DataFrame], SyntheticTruth]:
-    """Bar frames ``{SYNnn: frame}`` (longest history ``n_bars`` business days) and the truth."""
+    """Bar frames ``{SYNnn: frame}`` (longest history ``n_bars`` business days) and the truth.
+
+    ``leak_kinds``: optional extra leaks, names of :data:`LEAK_KINDS` (module docstring).
+    """
     if n_symbols < 1 or n_bars < 4 * signal_horizon or signal_horizon < 1:
         raise ValueError(
             f"need n_symbols >= 1, signal_horizon >= 1 and n_bars >= 4 * signal_horizon; got "
             f"{n_symbols}, {signal_horizon}, {n_bars}"
         )
+    kinds = tuple(dict.fromkeys(leak_kinds))
+    unknown = sorted(set(kinds) - set(LEAK_KINDS))
+    if unknown:
+        raise ValueError(f"unknown leak kind(s) {unknown}; known: {sorted(LEAK_KINDS)}")
+    leaky_symbol = min(ONE_SYMBOL_LEAK_INDEX, n_symbols - 1)
     timestamps = pd.bdate_range(start, periods=n_bars).as_unit("ns")
     market = _rng(seed, 0).normal(0.0, SIGMA_MARKET, n_bars)
     width = max(2, len(str(n_symbols - 1)))
+    names = [f"SYN{i:0{width}d}" for i in range(n_symbols)]
     frames = {
-        f"SYN{i:0{width}d}": _symbol_frame(
-            i, market, timestamps, n_noise, signal_horizon, seed, with_ohlcv, with_leaks
+        names[i]: _symbol_frame(
+            i,
+            market,
+            timestamps,
+            n_noise,
+            signal_horizon,
+            seed,
+            with_ohlcv,
+            with_leaks,
+            kinds,
+            leaky_symbol,
         )
         for i in range(n_symbols)
     }
+    scoped = ((LEAK_KINDS["one_symbol"], (names[leaky_symbol],)),) if "one_symbol" in kinds else ()
     truth = SyntheticTruth(
         signal_horizon=signal_horizon,
         signal_features=SIGNAL_FEATURES,
         noise_features=tuple(f"noise_{j:02d}" for j in range(n_noise)),
-        leak_features=LEAK_FEATURES if with_leaks else (),
+        leak_features=(LEAK_FEATURES if with_leaks else ()) + tuple(LEAK_KINDS[k] for k in kinds),
         seed=seed,
+        leak_symbols=scoped,
     )
     return frames, truth
 

@@ -1,5 +1,5 @@
 """Resources: where the data and the canonical tree are, and which settings apply."""
 
-from resources.cohortflow import CohortflowResource
+from cohortflow_dagster.resources.cohortflow import CohortflowResource
 
 __all__ = ["CohortflowResource"]

@@ -7,6 +7,7 @@ import os
 from dagster import ConfigurableResource, DefaultSensorStatus
 from pydantic import PrivateAttr
 
+from cohortflow.canonical import fingerprint
 from cohortflow.settings import Settings, load_settings
 from cohortflow.store import Store
 
@@ -30,6 +31,14 @@ def default_sensor_status() -> DefaultSensorStatus:
     return DefaultSensorStatus.RUNNING
 
 
+def sensor_interval_s(default: int) -> int:
+    """Seconds between sensor ticks; ``COHORTFLOW_SENSOR_INTERVAL_S`` overrides (tests)."""
+    try:
+        return max(1, int(os.environ.get("COHORTFLOW_SENSOR_INTERVAL_S", default)))
+    except ValueError:
+        return default
+
+
 def default_settings_path() -> str:
     return os.environ.get("COHORTFLOW_SETTINGS", "")
 
@@ -50,3 +59,6 @@ class CohortflowResource(ConfigurableResource):
         if self._settings is None:
             self._settings = load_settings(self.settings_path or None)
         return self._settings
+
+    def settings_fingerprint(self) -> str:
+        return fingerprint(self.settings().fingerprint_fields())

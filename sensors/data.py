@@ -1,65 +1,80 @@
-"""The data sensor: a new universe adds a batch partition and requests attempt 0;
-changed files of a known universe re-request its latest attempt."""
+"""The data sensor: a new universe adds a batch partition and runs attempt 0; changed bar
+files, settings or code for a known universe run a new attempt. An unchanged folder
+starts nothing, whatever the cursor (the decision reads the sealed attempts on disk:
+:func:`cohortflow.intake.plan_attempt`, the same as ``cohortflow run``'s)."""
 
 import json
 
 from dagster import RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
 
-from assets.jobs import cohortflow_job
-from assets.partitions import attempt_dim_partitions, attempt_key, batch_partitions
-from cohortflow.canonical import sha256_hex
 from cohortflow.errors import CohortflowError
-from cohortflow.intake import attempts_on_disk, folder_signature, take_in
-from resources.cohortflow import CohortflowResource, default_sensor_status
+from cohortflow.intake import (
+    batch_files,
+    folder_signature,
+    inputs_of,
+    plan_attempt,
+    record_decision,
+    take_in,
+)
+from cohortflow_dagster.assets.jobs import cohortflow_job
+from cohortflow_dagster.partitions import attempt_dim_partitions, attempt_key, batch_partitions
+from cohortflow_dagster.resources.cohortflow import (
+    CohortflowResource,
+    default_sensor_status,
+    sensor_interval_s,
+)
+from cohortflow_dagster.sensors.runs import run_tags, unfinished_runs
 
 
 @sensor(
     job=cohortflow_job,
     default_status=default_sensor_status(),
-    minimum_interval_seconds=30,
+    minimum_interval_seconds=sensor_interval_s(30),
     description="Watches the data folder: registers each new universe as a batch partition "
-    "and runs attempt 0; re-runs the latest attempt when a known universe's files change.",
+    "and runs attempt 0; runs a new attempt when a known universe's files, the settings or "
+    "the code change. Sealed attempts are never rerun.",
 )
 def data_sensor(context: SensorEvaluationContext, cohortflow: CohortflowResource):
     cursor = json.loads(context.cursor) if context.cursor else {}
     signature = folder_signature(cohortflow.data_dir)
-    if cursor.get("folder") == signature:
-        return SkipReason(f"no change in {cohortflow.data_dir}")
     settings = cohortflow.settings()
+    state = {"folder": signature, "settings": cohortflow.settings_fingerprint()}
+    if {k: cursor.get(k) for k in state} == state:
+        return SkipReason(f"no change in {cohortflow.data_dir} or the settings")
     try:
         intake = take_in(cohortflow.data_dir, cohortflow.output_root, settings)
     except CohortflowError as exc:
         # remember the folder state so a bad file is reported once, not every tick
-        context.update_cursor(json.dumps({**cursor, "folder": signature}, sort_keys=True))
+        context.update_cursor(json.dumps(state, sort_keys=True))
         return SkipReason(f"cannot use the data folder: {exc}")
     batch = intake.record.batch
-    # a short fingerprint of the files' contents: run keys and cursors stay small at 500 symbols
-    data_fp = sha256_hex(",".join(f"{f.symbol}:{f.sha256}" for f in intake.record.files).encode())[
-        :16
-    ]
-    new_cursor = json.dumps({"folder": signature, "batch": batch, "data": data_fp}, sort_keys=True)
-    known = context.instance.has_dynamic_partition(batch_partitions.name, batch)
-    attempts = attempts_on_disk(cohortflow.output_root, batch, settings.targets)
-    if known and cursor.get("batch") == batch and cursor.get("data") == data_fp:
-        context.update_cursor(new_cursor)
-        return SkipReason(f"batch {batch}: files touched but their content is unchanged")
-    attempt = max(attempts) if (known and attempts) else 0
-    reason = "changed files" if known else "new universe"
-    requests = [
-        batch_partitions.build_add_request([batch]),
-        attempt_dim_partitions.build_add_request([str(attempt)]),
-    ]
+    inputs = inputs_of(batch_files(intake.universe), settings)
+    decision = plan_attempt(cohortflow.output_root, intake.record, inputs, settings)
+    latest = intake.record.latest
+    if decision.attempt is None or (
+        not decision.new and latest is not None and decision.attempt == latest.attempt
+    ):
+        # nothing changed; an incomplete attempt is completed by `cohortflow run` or a
+        # re-materialization, never behind the user's back
+        context.update_cursor(json.dumps(state, sort_keys=True))
+        return SkipReason(f"batch {batch}: {decision.message}")
+    busy = unfinished_runs(context.instance, batch, decision.attempt)
+    if busy:
+        return SkipReason(
+            f"batch {batch} attempt {decision.attempt} has a run in progress: {busy[0]}"
+        )
+    record_decision(cohortflow.output_root, batch, decision)
     return SensorResult(
         run_requests=[
             RunRequest(
-                run_key=f"{batch}:{attempt}:{data_fp}",
-                partition_key=attempt_key(batch, attempt),
-                tags={
-                    "cohortflow/reason": reason,
-                    "cohortflow/symbols": ",".join(intake.record.symbols),
-                },
+                run_key=run_tags(batch, decision)["cohortflow/run_key"],
+                partition_key=attempt_key(batch, decision.attempt),
+                tags=run_tags(batch, decision),
             )
         ],
-        dynamic_partitions_requests=requests,
-        cursor=new_cursor,
+        dynamic_partitions_requests=[
+            batch_partitions.build_add_request([batch]),
+            attempt_dim_partitions.build_add_request([str(decision.attempt)]),
+        ],
+        cursor=json.dumps(state, sort_keys=True),
     )

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import new_home_yaml
+from cohortflow_dagster.resources.home import new_home_yaml
 
 PROJECT = Path(__file__).resolve().parent.parent
 FAST_SETTINGS = PROJECT / "config" / "fast.yaml"

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from resources.instance import INSTANCE_CLASS_YAML
+from cohortflow_dagster.resources.home import new_home_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 FAST_SETTINGS = REPO / "config" / "fast.yaml"
@@ -41,24 +41,6 @@ N_SYMBOLS = 4
 N_BARS = 400
 N_NOISE = 3
 SEED = 11
-
-INSTANCE_YAML = """\
-# written by tests/dagster_dev.py for one UI test
-telemetry:
-  enabled: false
-# no "Join the Dagster community" dialog over the pages the browser test looks at
-nux:
-  enabled: false
-# QueuedRunCoordinator settings: look at the queue every second instead of every 5 s
-run_queue:
-  dequeue_interval_seconds: 1
-concurrency:
-  runs:
-    max_concurrent_runs: {max_concurrent_runs}
-"""
-# the instance class `cohortflow` names in a new home: the webserver, the daemon and every
-# run worker import it
-INSTANCE_YAML += INSTANCE_CLASS_YAML
 
 
 @dataclass(frozen=True)
@@ -105,9 +87,9 @@ def make_workspace(tmp: Path, max_concurrent_runs: int = 2, with_leaks: bool = T
     )
     ws.output_root.mkdir()
     ws.dagster_home.mkdir()
-    (ws.dagster_home / "dagster.yaml").write_text(
-        INSTANCE_YAML.format(max_concurrent_runs=max_concurrent_runs)
-    )
+    # the dagster.yaml `cohortflow` writes into a new home (no telemetry, no first-visit
+    # dialog, the project's logs at INFO, a run queue limit)
+    (ws.dagster_home / "dagster.yaml").write_text(new_home_yaml(max_concurrent_runs))
     return ws
 
 
@@ -138,7 +120,7 @@ def add_partitions(ws: UiWorkspace, batches: Sequence[str], attempts: Sequence[i
     """Add the batch and attempt keys to the instance, as the data sensor would."""
     from dagster import DagsterInstance
 
-    from assets.partitions import attempt_dim_partitions, batch_partitions
+    from cohortflow_dagster.partitions import attempt_dim_partitions, batch_partitions
 
     with DagsterInstance.from_config(str(ws.dagster_home)) as instance:
         instance.add_dynamic_partitions(batch_partitions.name, list(batches))
@@ -243,6 +225,26 @@ def _group_alive(pgid: int) -> bool:
     return True
 
 
+LAUNCH_BACKFILL = """
+mutation LaunchBackfill($params: LaunchBackfillParams!) {
+  launchPartitionBackfill(backfillParams: $params) {
+    __typename
+    ... on LaunchBackfillSuccess { backfillId }
+    ... on Error { message }
+    ... on PythonError { message stack }
+  }
+}
+"""
+RUNS = "query { runsOrError { ... on Runs { results { runId status tags { key value } } } } }"
+REPOSITORY = {"repositoryName": "__repository__", "repositoryLocationName": "cohortflow"}
+ADD_PARTITION = """
+mutation Add($selector: RepositorySelector!, $name: String!, $key: String!) {
+  addDynamicPartition(repositorySelector: $selector, partitionsDefName: $name, partitionKey: $key) {
+    __typename
+    ... on Error { message }
+  }
+}
+"""
 WORKSPACE_QUERY = """
 query {
   workspaceOrError {
@@ -261,16 +263,20 @@ query {
 
 @contextmanager
 def dagster_dev(
-    ws: UiWorkspace, log_name: str, ready_timeout_s: float = 300.0
+    ws: UiWorkspace,
+    log_name: str,
+    ready_timeout_s: float = 300.0,
+    env: Mapping[str, str] | None = None,
 ) -> Iterator[DagsterDev]:
-    """``dagster dev -w workspace.yaml`` on a free port of 127.0.0.1, stopped on exit."""
+    """``dagster dev -w workspace.yaml`` on a free port of 127.0.0.1, stopped on exit
+    (``env``: the environment, by default the workspace's, sensors stopped)."""
     port = free_port()
     log_path = ws.dagster_home / f"{log_name}.log"
     with open(log_path, "wb") as log:
         process = subprocess.Popen(
             [str(DAGSTER), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
             cwd=REPO,
-            env=ws.env(),
+            env=dict(env) if env is not None else ws.env(),
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cli.main import main
+from cohortflow_dagster.cli.main import main
 
 N = 260  # above fast.yaml's min_rows=200
 

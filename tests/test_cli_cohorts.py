@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cli.main import main
+from cohortflow_dagster.cli.main import main
 
 FIXTURES = Path(__file__).parent / "fixtures" / "layouts"
 JSON_KEYS = {

@@ -95,10 +95,10 @@ def test_close_only_csv_universe_runs_with_the_command(tmp_path: Path) -> None:
     assert json.loads(registry[0].read_text())["symbols"] == symbols
 
     # the panel: close-only features, no user columns, targets for both horizons
-    info = json.loads((out / "_work" / f"batch_{batch}" / "panel.json").read_text())
+    info = json.loads((out / "_work" / f"batch_{batch}" / "attempt_0" / "panel.json").read_text())
     assert set(info["computed"]) == CLOSE_ONLY
     assert info["user"] == []
-    panel = pd.read_parquet(out / "_work" / f"batch_{batch}" / "panel.parquet")
+    panel = pd.read_parquet(out / "_work" / f"batch_{batch}" / "attempt_0" / "panel.parquet")
     assert not NEEDS_OHLV & set(panel.columns)
     assert CLOSE_ONLY | set(TARGETS) <= set(panel.columns)
     assert set(panel["symbol"]) == set(symbols)

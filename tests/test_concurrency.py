@@ -33,8 +33,8 @@ import json, sys, time, warnings
 from pathlib import Path
 warnings.filterwarnings("ignore")
 from dagster import DagsterInstance
-from assets.partitions import attempt_key
-from definitions import build_definitions
+from cohortflow_dagster.partitions import attempt_key
+from cohortflow_dagster.definitions import build_definitions
 data, out, settings, batch, attempt, ready, go = sys.argv[1:8]
 job = build_definitions(data, out, settings).resolve_job_def("cohortflow_job")
 instance = DagsterInstance.ephemeral()
@@ -136,6 +136,8 @@ def assert_whole(path: Path) -> None:
         import pandas as pd
 
         assert len(pd.read_csv(path).columns) > 1, path
+    elif path.name == "_IN_PROGRESS":  # the marker of an attempt being written: empty
+        assert path.read_bytes() == b"", path
     elif path.suffix == ".txt":  # LightGBM's text model
         import lightgbm
 
@@ -146,10 +148,11 @@ def assert_whole(path: Path) -> None:
 
 def assert_attempt_complete_and_verified(root: Path, folder: Path) -> None:
     from cohortflow.store import Store
+    from cohortflow.verify import verify_folder
 
     assert (folder / "_COMPLETE").is_file(), f"{folder} incomplete"
-    ok, message = Store(root).verify_manifest(scope_of(root, folder))
-    assert ok, message
+    assert not (folder / "_IN_PROGRESS").exists(), f"{folder} still marked in progress"
+    assert verify_folder(Store(root), scope_of(root, folder)) == []
     cohorts = [p for p in folder.iterdir() if p.name.startswith("cohort=")]
     assert len(cohorts) == 1, f"{folder}: {[p.name for p in cohorts]}"
     snapshot = json.loads((cohorts[0] / "snapshot.json").read_text())
@@ -209,10 +212,10 @@ def test_four_processes_materializing_one_partition_at_once(tmp_path: Path) -> N
 def test_killed_run_leaves_no_partial_file_and_a_rerun_completes(tmp_path: Path) -> None:
     from dagster import DagsterInstance
 
-    from assets.partitions import attempt_key
     from cohortflow.index import CohortIndex
     from cohortflow.layout import latest_complete_attempt, walk_cohorts
-    from definitions import build_definitions
+    from cohortflow_dagster.definitions import build_definitions
+    from cohortflow_dagster.partitions import attempt_key
 
     data, out, settings, batch = register(tmp_path)
     job = build_definitions(str(data), str(out), str(settings)).resolve_job_def("cohortflow_job")

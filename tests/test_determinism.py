@@ -122,8 +122,8 @@ def test_synthetic_universe_twice_is_byte_identical(tmp_path: Path) -> None:
     a, b = run_twice(tmp_path / "data", tmp_path, settings)
     print(f"\ntwo concurrent runs, synthetic: {time.perf_counter() - t0:.1f} s")
     counts = assert_identical_trees(a, b)
-    # bars, panel; OOF and test predictions × 2 attempts
-    assert counts["parquet"] == 2 + 2 * 2
+    # bars and panel of each attempt's working data; OOF and test predictions × 2 attempts
+    assert counts["parquet"] == 2 * 2 + 2 * 2
     assert list(a.rglob("diff_prev.json")) and list(a.rglob("drift.json"))
     assert sorted(p.name for p in (a / "reports").rglob("attempt_*")) == ["attempt_0", "attempt_1"]
 

@@ -48,7 +48,8 @@ def test_an_early_stopped_fit_counts_the_rounds_it_trained_not_the_best() -> Non
         est,
         x[:300],
         y[:300],
-        eval_set=[(x[300:], rng.standard_normal(100))],
+        eval_X=(x[300:],),
+        eval_y=(rng.standard_normal(100),),
         callbacks=[lgb.early_stopping(5, verbose=False)],
     )
     trained = len(est.evals_result_["valid_0"]["l2"])  # one entry per round trained

@@ -13,9 +13,10 @@ import pytest
 from upath import UPath
 
 from cohortflow import layout
+from cohortflow.errors import ArtifactNotFoundError
 from cohortflow.fsio import atomic_write_text, write_json
-from cohortflow.index import CohortIndex
-from cohortflow.layout import Scope, find_cohort, walk_cohorts
+from cohortflow.index import CohortIndex, find_cohort
+from cohortflow.layout import Scope, walk_cohorts
 
 FIXTURES = Path(__file__).parent / "fixtures" / "layouts"
 LAYOUT_TREES = ("current", "batch_without_attempt", "legacy_universe", "flat", "symbol_older")
@@ -281,9 +282,10 @@ def test_list_order_is_the_layout_sort_key(tmp_path: Path) -> None:
 def test_find_cohort_ignores_an_index_entry_ahead_of_its_marker(tmp_path: Path) -> None:
     # a writer adds the cohort to the index, then dies before writing _COMPLETE
     scope = Scope("fwd_ret_5", "TRAINING", "CROSS_SECTIONAL", B, 1)
+    atomic_write_text(scope.progress_marker(tmp_path), "")
     write_json(scope.cohort_dir(tmp_path, "cs_early") / "metadata.json", {"universe_sig": SIG})
     CohortIndex(tmp_path).add(scope.record("cs_early", SIG))
-    with pytest.raises(layout.ArtifactNotFoundError, match="the index and the tree"):
+    with pytest.raises(ArtifactNotFoundError, match="the index and the tree"):
         find_cohort(tmp_path, "cs_early")
     atomic_write_text(scope.complete_marker(tmp_path), "{}\n")
     assert find_cohort(tmp_path, "cs_early") == scope.record("cs_early", SIG)

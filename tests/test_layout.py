@@ -16,6 +16,7 @@ from upath import UPath
 from cohortflow import layout
 from cohortflow.errors import ArtifactNotFoundError, InvalidNameError, StoreError
 from cohortflow.fsio import atomic_write_text, write_json
+from cohortflow.index import find_cohort  # noqa: E402
 from cohortflow.layout import (
     COMPLETE_MARKER,
     LAYOUT_BATCH_NO_ATTEMPT,
@@ -26,7 +27,6 @@ from cohortflow.layout import (
     Scope,
     batch_of,
     cohort_id,
-    find_cohort,
     latest_complete_attempt,
     new_run_id,
     parse_cohort_path,
@@ -491,10 +491,16 @@ def test_scope_record_round_trips_through_the_parser(tmp_path: Path) -> None:
     cid = "sy_2025Q3_ab12cd34ef56_min_cs1_max2000_v1_0badcafe"
     sig = B + "0" * 52
     write_json(SS_SCOPE.cohort_dir(tmp_path, cid) / "metadata.json", {"universe_sig": sig})
+    # no marker at all: written by another system, read as complete
+    external = parse_cohort_path(tmp_path, SS_SCOPE.cohort_dir(tmp_path, cid))
+    assert (external.complete, external.origin) == (True, "external")
+    atomic_write_text(SS_SCOPE.progress_marker(tmp_path), "")  # cohortflow is writing it
     assert parse_cohort_path(tmp_path, SS_SCOPE.cohort_dir(tmp_path, cid)).complete is False
-    atomic_write_text(SS_SCOPE.complete_marker(tmp_path), "")
+    assert list(walk_cohorts(tmp_path)) == []
+    atomic_write_text(SS_SCOPE.complete_marker(tmp_path), "")  # sealed
     parsed = parse_cohort_path(tmp_path, SS_SCOPE.cohort_dir(tmp_path, cid))
     assert parsed == SS_SCOPE.record(cid, universe_sig=sig)
+    assert parsed.origin == "cohortflow"
     assert list(walk_cohorts(tmp_path)) == [parsed]
 
 

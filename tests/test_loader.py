@@ -17,6 +17,7 @@ from cohortflow.fsio import atomic_write_bytes, atomic_write_text, write_json
 from cohortflow.layout import Scope
 from cohortflow.loader import OOFColumnsError, export_stacking_data, load_stacking_data
 from cohortflow.oof import parquet_bytes, write_oof_parquet
+from cohortflow.store import Store
 
 BATCH = "ab12cd34ef56"
 OTHER_BATCH = "0123456789ab"
@@ -60,7 +61,10 @@ def root(tmp_path: Path) -> Path:
         write_json(s.fold_plan_path(tmp_path, "oof"), FOLD_PLAN)
     cohort = scope(0).cohort_dir(tmp_path, "cs_2024Q1_ab12cd34ef56_min_cs1_max2000_v1_0a1b2c3d")
     write_json(cohort / "metadata.json", {"target": TARGET, "stage": "TRAINING", "rows": 6})
-    atomic_write_text(scope(0).complete_marker(tmp_path), "")
+    # attempt 0 is sealed as the store seals a folder; attempt 1 is still being written
+    for attempt in (0, 1):
+        atomic_write_text(scope(attempt).progress_marker(tmp_path), "")
+    Store(tmp_path).seal_folder(scope(0), {})
     return tmp_path
 
 

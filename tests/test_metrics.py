@@ -12,9 +12,11 @@ from sklearn.metrics import roc_auc_score
 
 from cohortflow.metrics import (
     auc_sign,
+    forward_bar_returns,
     ic_by_date,
     ic_by_group,
     information_ratio,
+    newey_west_lags,
     newey_west_t,
     r2,
     summarize_ic,
@@ -148,3 +150,55 @@ def test_summarize_ic_combines_the_parts():
     assert s["rank_icir"] == pytest.approx(ric.mean() / ric.std(ddof=1))
     assert s["nw_t"] == pytest.approx(_nw_direct(ric, 1))
     assert s["ic"] == pytest.approx(np.mean([3 / math.sqrt(28 / 3), -1.0, 2 / math.sqrt(84 / 9)]))
+
+
+def test_newey_west_lags_is_one_rule():
+    # h - 1 lags span the overlap of h-bar labels sampled every bar; at least one
+    assert [newey_west_lags(h) for h in (1, 2, 5, 10, 20)] == [1, 1, 4, 9, 19]
+    with pytest.raises(ValueError, match="horizon must be >= 1"):
+        newey_west_lags(0)
+
+
+def test_ranking_and_stacking_use_the_one_lag_rule():
+    """Issue 17: ranking used max(h - 1, 1) lags and stacking max(h - 1, 0); both now call
+    newey_west_lags (a source check: stacking does not report the lags it used)."""
+    import inspect
+
+    from cohortflow import ranking, stacking
+
+    assert "newey_west_lags(horizon)" in inspect.getsource(ranking._cross_sectional_metrics)
+    assert "newey_west_lags(horizon)" in inspect.getsource(stacking.column_metrics)
+    for module in (ranking, stacking):
+        assert "max(horizon - 1" not in inspect.getsource(module)
+        assert "max(int(horizon) - 1" not in inspect.getsource(module)
+
+
+def test_forward_bar_returns_follow_each_symbol_in_its_own_bars():
+    # rows in panel order (timestamp, symbol); B has no bar on day 2
+    ts = pd.to_datetime(
+        ["2021-01-04", "2021-01-04", "2021-01-05", "2021-01-06", "2021-01-06", "2021-01-07"]
+    ).to_numpy()
+    sym = np.array(["A", "B", "A", "A", "B", "A"])
+    r = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6])
+    out = forward_bar_returns(ts, sym, r, [1, 2])
+    nan = np.nan
+    np.testing.assert_array_equal(
+        out,
+        [
+            [0.3, 0.4],  # A on day 1: A's next bars are days 2 and 3
+            [0.5, nan],  # B on day 1: its next bar is day 3 (own bars), then none
+            [0.4, 0.6],
+            [0.6, nan],
+            [nan, nan],
+            [nan, nan],
+        ],
+    )
+    # row order does not matter: the same values follow the rows
+    perm = np.array([5, 3, 0, 4, 1, 2])
+    np.testing.assert_array_equal(
+        forward_bar_returns(ts[perm], sym[perm], r[perm], [1, 2]), out[perm]
+    )
+    with pytest.raises(ValueError, match="leads must be >= 1"):
+        forward_bar_returns(ts, sym, r, [0])
+    with pytest.raises(ValueError, match="lengths differ"):
+        forward_bar_returns(ts, sym[:3], r, [1])

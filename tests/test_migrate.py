@@ -195,7 +195,12 @@ def test_existing_different_file_is_never_overwritten(tmp_path: Path) -> None:
     assert squatter.read_text() == '{"somebody": "else"}\n'
     assert not (new / aapl_new).parent.joinpath("_COMPLETE").exists()
     assert (report.migrated, report.failed) == (1, 1)
-    assert [r.symbol for r in walk_cohorts(new)] == ["NVDA"]  # the failed attempt stays hidden
+    # the squatter's folder has no marker: somebody else's (external), left as it is; the
+    # migrated NVDA attempt is sealed by cohortflow
+    assert [(r.symbol, r.origin) for r in walk_cohorts(new)] == [
+        ("AAPL", "external"),
+        ("NVDA", "cohortflow"),
+    ]
 
 
 def test_all_layouts_in_one_tree(tmp_path: Path) -> None:
@@ -229,13 +234,23 @@ def test_markers_match_what_the_store_writes(tmp_path: Path) -> None:
     new = tmp_path / "new"
     migrate(old, new)
     attempt = new / f"{R5}/stage=TARGET_RANKING/CROSS_SECTIONAL/batch_{B1}/attempt_0"
+    from cohortflow.canonical import sha256_hex
+    from cohortflow.store import seal_document
+
     marker = json.loads((attempt / "_COMPLETE").read_text())
+    cid = "cs_2024Q1_958ecb3c3bb6_min_cs3_max2000_v1_dddb5c7d"
+    metadata = json.loads((attempt / f"cohort={cid}" / "metadata.json").read_text())
+    from cohortflow.snapshots import metadata_digest
+
     assert marker == {
-        "artifacts_manifest_sha256": manifest_sha256(manifest_records(attempt)),
-        "cohorts": ["cs_2024Q1_958ecb3c3bb6_min_cs3_max2000_v1_dddb5c7d"],
+        **seal_document(
+            manifest_records(attempt), {cid: {"metadata.json": metadata_digest(metadata)}}
+        ),
         "migrated_from": [f"{R5}/stage=TARGET_RANKING/CROSS_SECTIONAL/universe={S1}"],
     }
-    assert marker["artifacts_manifest_sha256"] is not None  # the featureset came along
+    assert marker["artifacts_manifest_sha256"] == manifest_sha256(manifest_records(attempt))
+    assert marker["artifacts"][0]["relpath"].startswith("featureset_artifacts/")  # came along
+    assert sha256_hex((attempt / f"cohort={cid}" / "metadata.json").read_bytes())
     # a current attempt copied alone keeps its own marker, byte for byte
     old2 = shutil.copytree(FIXTURES / "current", tmp_path / "old2")
     migrate(old2, tmp_path / "new2")

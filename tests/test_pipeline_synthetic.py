@@ -70,8 +70,8 @@ def in_memory_dagster_home(path: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pipeline]:
-    from cli.runner import run_universe
     from cohortflow.synthetic import generate
+    from cohortflow_dagster.cli.runner import run_universe
 
     base = tmp_path_factory.mktemp("pipeline")
     truth = generate(base / "data", fmt="parquet", n_symbols=8, n_bars=900, n_noise=4, seed=1)
@@ -143,6 +143,8 @@ def expected_files(target: str, stage: str, cohort: str, attempt: int) -> set[st
             f"feature_exclusions/{target}_exclusions.yaml",
             "feature_importances/lightgbm_importances.csv",
             "fold_plan.json",
+            # the features the ranking saw, after the inherited exclusions (as the reference)
+            "featureset_artifacts/featureset_post_prune.json",
         }
     elif stage == "FEATURE_SELECTION":
         out |= {
@@ -152,7 +154,7 @@ def expected_files(target: str, stage: str, cohort: str, attempt: int) -> set[st
         out |= {"featureset_artifacts/featureset_post_prune.json"}
     else:
         out |= {"oof/oof_predictions.parquet", "oof/fold_plan.json", "oof/oof_metrics.json"}
-        out |= {"evaluation/evaluation.json"}
+        out |= {"evaluation/evaluation.json", "evaluation/portfolio.json"}
         out |= {
             f"stacking/{name}"
             for name in (
@@ -229,7 +231,9 @@ def test_attempt1_finds_no_leak_and_is_the_last(pipeline: Pipeline) -> None:
 
 # every check of every asset, per target: no_leaks_remain, importances_schema,
 # featureset_schema, oof_schema, native_formats, and three per cohort snapshot
-CHECKS_PER_TARGET = 5 + 3 * 3
+# six of their own (exclusions, importances, featureset, OOF, stack, evaluation), three per
+# cohort snapshot, and attempt_sealed on each of the ten assets with a stage folder
+CHECKS_PER_TARGET = 6 + 3 * 3 + 10
 
 
 def test_asset_checks_fail_on_the_leaks_of_attempt0_and_all_pass_in_attempt1(
@@ -242,8 +246,9 @@ def test_asset_checks_fail_on_the_leaks_of_attempt0_and_all_pass_in_attempt1(
     assert sorted((c.asset, c.check) for c in failed) == [
         (f"{t}/feature_exclusions", "no_leaks_remain") for t in sorted(TARGETS)
     ]
-    for c in failed:  # the failure names the leaks it found
+    for c in failed:  # the failure names the leaks it found; attempt 1 fixes them: a WARN
         assert all(leak in c.description for leak in LEAKS), c.description
+        assert c.severity == "WARN" and "attempt 1 runs without them" in c.description
     assert [c.line() for c in second.checks if not c.passed] == []
     # the second attempt's snapshots were compared with the first's
     assert {c.check for c in second.checks} >= {"manifest_integrity", "comparable_with_previous"}
@@ -379,11 +384,11 @@ def test_attempt1_diff_prev_names_its_baseline_and_the_removed_leaks(pipeline: P
 def test_every_attempt_folder_completes_when_symbol_views_are_limited(tmp_path: Path) -> None:
     from dagster import DagsterInstance
 
-    from assets.partitions import attempt_key
     from cohortflow.intake import take_in
     from cohortflow.settings import load_settings
     from cohortflow.synthetic import generate
-    from definitions import build_definitions
+    from cohortflow_dagster.definitions import build_definitions
+    from cohortflow_dagster.partitions import attempt_key
 
     generate(tmp_path / "data", fmt="parquet", n_symbols=3, n_bars=260, n_noise=2, seed=4)
     settings = write_settings(tmp_path / "s.yaml", horizons=[5], symbol_views=1)

@@ -1,12 +1,12 @@
 """Scaling on one machine: the multiprocess executor runs a whole partition of
 ``cohortflow_parallel_job`` (steps in their own processes, targets side by side), with the
-job reconstructed from definitions.py in each step process, and every canonical file lands
-where DESIGN §2 says."""
+job rebuilt in each step process from the code location (``cohortflow_dagster.definitions``,
+configured by the COHORTFLOW_* environment the step processes inherit), and every canonical
+file lands where DESIGN §2 says."""
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,15 +15,19 @@ PROJECT = Path(__file__).resolve().parent.parent
 FAST = PROJECT / "config" / "fast.yaml"
 
 
-def _parallel_job():
-    """cohortflow_parallel_job as a step process rebuilds it: from definitions.py's ``defs``
-    (configured by the COHORTFLOW_* environment, which step processes inherit)."""
-    from dagster._core.definitions.reconstruct import ReconstructableRepository
+def parallel_job():
+    """cohortflow_parallel_job of the code location, as each step process rebuilds it."""
+    from cohortflow_dagster.definitions import build_definitions
 
-    repo = ReconstructableRepository.for_file(
-        str(PROJECT / "definitions.py"), "defs", working_directory=str(PROJECT)
+    return build_definitions().resolve_job_def("cohortflow_parallel_job")
+
+
+def _parallel_job():
+    from dagster import build_reconstructable_job
+
+    return build_reconstructable_job(
+        "test_scaling", "parallel_job", reconstructor_working_directory=str(PROJECT / "tests")
     )
-    return repo.get_reconstructable_job("cohortflow_parallel_job")
 
 
 @pytest.mark.slow
@@ -32,16 +36,16 @@ def test_multiprocess_executor_runs_a_partition_of_the_parallel_job(
 ) -> None:
     from dagster import DagsterEventType, execute_job, instance_for_test
 
-    from assets.partitions import (
+    from cohortflow.intake import take_in
+    from cohortflow.layout import Scope
+    from cohortflow.settings import load_settings
+    from cohortflow.synthetic import generate
+    from cohortflow_dagster.partitions import (
         attempt_dim_partitions,
         attempt_key,
         attempt_partitions,
         batch_partitions,
     )
-    from cohortflow.intake import take_in
-    from cohortflow.layout import Scope
-    from cohortflow.settings import load_settings
-    from cohortflow.synthetic import generate
 
     data, out = tmp_path / "data", tmp_path / "out"
     generate(data, n_symbols=3, n_bars=320, n_noise=2, seed=5, with_leaks=False)
@@ -49,9 +53,6 @@ def test_multiprocess_executor_runs_a_partition_of_the_parallel_job(
     monkeypatch.setenv("COHORTFLOW_OUTPUT_ROOT", str(out))
     monkeypatch.setenv("COHORTFLOW_SETTINGS", str(FAST))
     monkeypatch.chdir(PROJECT)
-    # definitions.py reads the environment when imported: an import by an earlier test
-    # (default settings, three targets) must not stand in for this one's
-    monkeypatch.delitem(sys.modules, "definitions", raising=False)
     settings = load_settings(FAST)
     intake = take_in(data, out, settings)  # validates and registers the batch, as the sensor does
     batch, symbols = intake.record.batch, intake.universe.symbols
@@ -77,7 +78,7 @@ def test_multiprocess_executor_runs_a_partition_of_the_parallel_job(
     # every step ran in a process of its own, none in this one (not the in-process executor)
     assert os.getpid() not in pids
     assert len(pids) == len(step_keys) > 2 * len(settings.targets)
-    assert {f"{t}__oof_dataset" for t in settings.targets} <= step_keys
+    assert {f"{t}__training" for t in settings.targets} <= step_keys
 
     for target in settings.targets:
         for stage in ("TARGET_RANKING", "FEATURE_SELECTION", "TRAINING"):

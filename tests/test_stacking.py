@@ -10,16 +10,11 @@ import pandas as pd
 import pytest
 
 import cohortflow.stacking as stacking_module
+from cohortflow.formats import parse_parquet
 from cohortflow.oof import generate_oof
 from cohortflow.settings import ModelSettings, Settings
-from cohortflow.stacking import (
-    EQUAL_WEIGHT,
-    fit_stacking,
-    load_stacking,
-    read_test_predictions,
-    save_stacking,
-    split_train_test,
-)
+from cohortflow.splits import split_train_test as holdout
+from cohortflow.stacking import EQUAL_WEIGHT, fit_stacking, stack_from_files, stacking_files
 
 H = 2
 TARGET = f"fwd_ret_{H}"
@@ -55,6 +50,30 @@ def small_settings(**changes) -> Settings:
     models = ModelSettings(n_estimators=30, num_leaves=7, max_depth=3, min_child_samples=10)
     base = Settings(horizons=(H,), n_splits=4, embargo=3, n_threads=1, min_rows=10, models=models)
     return base.replace(**changes)
+
+
+def split_train_test(panel, target, horizon, settings):
+    h = holdout(panel, target, horizon, settings.test_fraction, settings.embargo_for(horizon))
+    return h.train, h.test, h.info
+
+
+def save_stacking(result, folder) -> list:
+    """The stack's files written into ``folder`` (as the store writes them), sorted."""
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for name, data in stacking_files(result).items():
+        (folder / name).write_bytes(data)
+        out.append(folder / name)
+    return sorted(out)
+
+
+def load_stacking(folder):
+    return stack_from_files(lambda name: (folder / name).read_bytes())
+
+
+def read_test_predictions(folder) -> pd.DataFrame:
+    path = folder / "test_predictions.parquet"
+    return parse_parquet(path, path.read_bytes())
 
 
 def build(settings: Settings, model_features=SPLIT_SIGNALS, panel: pd.DataFrame | None = None):
@@ -288,25 +307,31 @@ def test_a_test_period_overlapping_training_labels_is_refused(built):
 
 
 def test_missing_stacking_files_are_named(tmp_path):
-    with pytest.raises(
-        FileNotFoundError, match=r"stacking model file not found: .*model_card.json"
-    ):
-        load_stacking(tmp_path)
+    from cohortflow.domain import ArtifactKind
+    from cohortflow.store import AttemptKey, Store
+
+    with pytest.raises(FileNotFoundError, match=r"stacking model not found; expected .*stacking"):
+        Store(tmp_path).read(ArtifactKind.STACKING, AttemptKey("ab" * 6, 0, TARGET))
 
 
-def test_save_and_load_through_a_upath(built):
-    from upath import UPath
+def test_save_and_load_through_the_store_on_a_upath(built):
+    from cohortflow.domain import ArtifactKind
+    from cohortflow.store import AttemptKey, Store, read_test_predictions
 
     _, _, test, _, _, result = built
-    folder = UPath("memory://cohortflow-test/stacking")
-    written = save_stacking(result, folder)
-    assert [p.name for p in written][:2] == ["evaluation.json", "lightgbm.txt"]
-    loaded = load_stacking(folder)
+    store = Store("memory://cohortflow-test/stacking-root")
+    key = AttemptKey("cd" * 6, 0, TARGET)
+    written = store.write(ArtifactKind.STACKING, key, result)
+    assert sorted(w.relpath.rsplit("/", 1)[1] for w in written)[:2] == [
+        "evaluation.json",
+        "lightgbm.txt",
+    ]
+    loaded = store.read(ArtifactKind.STACKING, key)
     np.testing.assert_array_equal(
         loaded.predict(test), result.test_predictions["pred_stack"].to_numpy()
     )
     pd.testing.assert_frame_equal(
-        read_test_predictions(folder), result.test_predictions, check_dtype=False
+        read_test_predictions(store, key), result.test_predictions, check_dtype=False
     )
 
 

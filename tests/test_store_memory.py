@@ -38,13 +38,13 @@ def _wipe() -> None:
 def materialized(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Materialized]:
     from dagster import DagsterInstance, materialize
 
-    from assets import build_assets
-    from assets.partitions import attempt_key
     from cohortflow.intake import take_in
     from cohortflow.settings import load_settings
     from cohortflow.synthetic import generate
-    from io_managers.canonical_store import CanonicalStoreIOManager
-    from resources.cohortflow import CohortflowResource
+    from cohortflow_dagster.assets import build_assets
+    from cohortflow_dagster.io_managers.canonical_store import CanonicalStoreIOManager
+    from cohortflow_dagster.partitions import attempt_key
+    from cohortflow_dagster.resources.cohortflow import CohortflowResource
 
     _wipe()
     data = tmp_path_factory.mktemp("memory") / "data"
@@ -97,10 +97,10 @@ def test_every_artifact_lands_at_its_exact_memory_path(materialized: Materialize
     root = UPath(ROOT)
     expected = [
         f"_registry/batch_{b}.json",
-        f"_work/batch_{b}/bars.parquet",
-        f"_work/batch_{b}/bars.json",
-        f"_work/batch_{b}/panel.parquet",
-        f"_work/batch_{b}/panel.json",
+        f"_work/batch_{b}/attempt_0/bars.parquet",
+        f"_work/batch_{b}/attempt_0/bars.json",
+        f"_work/batch_{b}/attempt_0/panel.parquet",
+        f"_work/batch_{b}/attempt_0/panel.json",
         f"reports/batch_{b}/attempt_0/target_ranking.csv",
         "_index/cohorts.jsonl",
     ]
@@ -153,10 +153,12 @@ def test_every_artifact_lands_at_its_exact_memory_path(materialized: Materialize
 
 @pytest.mark.slow
 def test_readers_and_manifests_work_on_the_memory_root(materialized: Materialized) -> None:
-    from cohortflow.index import CohortIndex
-    from cohortflow.layout import Scope, find_cohort, latest_complete_attempt, walk_cohorts
+    from cohortflow.domain import ArtifactKind
+    from cohortflow.index import CohortIndex, find_cohort
+    from cohortflow.layout import Scope, latest_complete_attempt, walk_cohorts
     from cohortflow.loader import load_stacking_data
-    from cohortflow.store import Store
+    from cohortflow.store import AttemptKey, Store
+    from cohortflow.verify import verify_folder
 
     b = materialized.batch
     store = Store(ROOT)
@@ -165,8 +167,7 @@ def test_readers_and_manifests_work_on_the_memory_root(materialized: Materialize
             symbols = (None,) if stage == "TRAINING" else (None, *materialized.symbols)
             for symbol in symbols:
                 view = "CROSS_SECTIONAL" if symbol is None else "SYMBOL_SPECIFIC"
-                ok, message = store.verify_manifest(Scope(target, stage, view, b, 0, symbol))
-                assert ok, message
+                assert verify_folder(store, Scope(target, stage, view, b, 0, symbol)) == []
     walked = list(walk_cohorts(ROOT))
     indexed = CohortIndex(ROOT).list()
     # 2 targets × (TR: 1 + 3, FS: 1 + 3, TRAINING: 1)
@@ -179,8 +180,8 @@ def test_readers_and_manifests_work_on_the_memory_root(materialized: Materialize
     assert len(stacking.frame) > 0 and {"y_true", "pred_lightgbm", "pred_xgboost"} <= set(
         stacking.frame.columns
     )
-    # the stack loads back from memory through a scratch copy (native formats only)
-    stack = store.read_stacking(Scope("fwd_ret_10", "TRAINING", "CROSS_SECTIONAL", b, 0))
+    # the stack loads back from memory (native formats only, from their bytes)
+    stack = store.read(ArtifactKind.STACKING, AttemptKey(b, 0, "fwd_ret_10"))
     assert set(stack.base_models) >= {"lightgbm", "xgboost"} and stack.target == "fwd_ret_10"
 
 
@@ -188,16 +189,19 @@ def test_readers_and_manifests_work_on_the_memory_root(materialized: Materialize
 def test_io_manager_round_trip_through_dagster_contexts(materialized: Materialized) -> None:
     from dagster import AssetKey, DagsterInstance, build_input_context, build_output_context
 
-    from assets.partitions import attempt_key, attempt_partitions
     from cohortflow.store import Store
-    from io_managers.canonical_store import CanonicalStoreIOManager
+    from cohortflow_dagster.io_managers.canonical_store import CanonicalStoreIOManager
+    from cohortflow_dagster.partitions import attempt_key, attempt_partitions
 
     b = materialized.batch
     instance = DagsterInstance.ephemeral()
     instance.add_dynamic_partitions("universe_batch", [b])
     instance.add_dynamic_partitions("attempt", ["0", "5"])
     manager = CanonicalStoreIOManager(root=ROOT)
-    value = Store(ROOT).read_featuresets("fwd_ret_10", b, 0)
+    from cohortflow.domain import ArtifactKind
+    from cohortflow.store import AttemptKey
+
+    value = Store(ROOT).read(ArtifactKind.FEATURESETS, AttemptKey(b, 0, "fwd_ret_10"))
     # written to attempt 5 through the IO manager, as Dagster would hand it over
     key = AssetKey(["fwd_ret_10", "featureset"])
     moved = {

@@ -3,6 +3,8 @@ deterministic bytes, and the built-in real data loads split-adjusted with FB lef
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,7 +13,7 @@ from cohortflow.bars import load_universe
 from cohortflow.features import build_panel
 from cohortflow.sampledata import write_sample_universe
 from cohortflow.settings import Settings
-from cohortflow.synthetic import generate, generate_frames, signal_betas
+from cohortflow.synthetic import LEAK_KINDS, generate, generate_frames, signal_betas
 
 HORIZONS = (5, 10, 20)
 
@@ -123,7 +125,7 @@ def test_unequal_histories_and_consistent_ohlcv(synthetic_panel):
         assert (b["high"] >= b[["open", "close"]].max(axis=1)).all()
         assert (b["low"] <= b[["open", "close"]].min(axis=1)).all()
         assert (b["volume"] > 0).all()
-        assert (b["timestamp"].dt.dayofweek < 5).all()
+        assert (b["timestamp"].dt.day_of_week < 5).all()
 
 
 def test_close_only_without_leaks():
@@ -182,3 +184,64 @@ def test_sample_files_are_deterministic(sample_dir, tmp_path):
     write_sample_universe(tmp_path)
     for path in sorted(sample_dir.iterdir()):
         assert (tmp_path / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+# --------------------------------------------------------------------------- optional leak kinds
+
+KINDS = ("shifted_ret_5", "one_symbol", "centered_5", "vol_next_5")
+
+
+def _values_sha256(frames: dict[str, pd.DataFrame]) -> str:
+    h = hashlib.sha256()
+    for s in sorted(frames):
+        f = frames[s]
+        h.update(s.encode())
+        h.update(f["timestamp"].to_numpy().astype("int64").tobytes())
+        h.update(f.drop(columns="timestamp").to_numpy(dtype=np.float64).tobytes())
+    return h.hexdigest()
+
+
+def test_without_leak_kinds_the_frames_are_what_they_were():
+    # the sha256 of the values the generator gave before the leak kinds existed (commit
+    # 9b9830f): tests and stored demo data depend on these exact numbers
+    frames, truth = generate_frames(n_symbols=3, n_bars=300, n_noise=2, seed=11)
+    assert _values_sha256(frames) == (
+        "58d236a70dd1e52b4833be97b4ba4997e80072016ca6636a1004294684857568"
+    )
+    assert truth.leak_symbols == ()
+    # and turning the kinds on only adds columns: every other value stays
+    with_kinds, truth2 = generate_frames(
+        n_symbols=3, n_bars=300, n_noise=2, seed=11, leak_kinds=KINDS
+    )
+    for s, frame in frames.items():
+        pd.testing.assert_frame_equal(with_kinds[s][list(frame.columns)], frame)
+        assert list(with_kinds[s].columns)[len(frame.columns) :] == [LEAK_KINDS[k] for k in KINDS]
+    assert truth2.leak_features == (
+        "leak_future", "leak_centered", "leak_shifted_ret_5", "leak_one_symbol",
+        "leak_centered_5", "leak_vol_next_5",
+    )  # fmt: skip
+    assert truth2.leak_symbols == (("leak_one_symbol", ("SYN02",)),)  # fewer than 4 symbols
+    with pytest.raises(ValueError, match=r"unknown leak kind\(s\) \['peek'\]"):
+        generate_frames(n_symbols=2, n_bars=200, leak_kinds=("peek",))
+
+
+def test_leak_kinds_hold_what_they_say():
+    frames, truth = generate_frames(n_symbols=5, n_bars=600, n_noise=1, seed=4, leak_kinds=KINDS)
+    assert truth.leak_symbols == (("leak_one_symbol", ("SYN03",)),)
+    for symbol, f in frames.items():
+        logc = np.log(f["close"])
+        r1 = logc.diff()
+        # a 5-bar log return shifted one bar back: log(c[t+1] / c[t-4])
+        np.testing.assert_allclose(f["leak_shifted_ret_5"], (logc - logc.shift(5)).shift(-1))
+        # the mean of the 1-bar returns into bars t-5 .. t+5
+        centered = r1.rolling(11, center=True).mean()
+        np.testing.assert_allclose(f["leak_centered_5"], centered, rtol=1e-12, atol=1e-15)
+        # the standard deviation of the returns into bars t+1 .. t+5
+        future_vol = r1.rolling(5).std().shift(-5)
+        np.testing.assert_allclose(f["leak_vol_next_5"], future_vol, rtol=1e-10)
+        fwd5 = f["close"].shift(-5) / f["close"] - 1
+        corr = f["leak_one_symbol"].corr(fwd5)
+        if symbol == "SYN03":
+            assert corr == pytest.approx(0.3, abs=1e-12)  # exactly the planted correlation
+        else:
+            assert abs(corr) < 0.12, (symbol, corr)  # honest noise elsewhere

@@ -40,10 +40,11 @@ def test_tuning_is_reproducible(tuned):
 
 
 def test_tuned_params_are_saved_as_json_in_the_attempt_folder(tuned, tmp_path):
-    from io_managers.canonical_store import _write_oof
+    from cohortflow.domain import ArtifactKind
+    from cohortflow.store import AttemptKey
 
     store = Store(tmp_path)
-    _write_oof(store, TARGET, "ab12cd34ef56", 0, tuned)
+    store.write(ArtifactKind.OOF, AttemptKey("ab12cd34ef56", 0, TARGET), tuned)
     scope = Scope(TARGET, "TRAINING", "CROSS_SECTIONAL", "ab12cd34ef56", 0)
     path = scope.attempt_dir(tmp_path) / "tuning" / "tuned_params.json"
     assert json.loads(path.read_text()) == json.loads(json.dumps(tuned.params))

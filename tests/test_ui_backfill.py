@@ -17,6 +17,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from dagster_dev import (
+    LAUNCH_BACKFILL,
     TEST_OUTPUT,
     DagsterDev,
     add_partitions,
@@ -32,16 +33,6 @@ STAGES = ("TARGET_RANKING", "FEATURE_SELECTION", "TRAINING")
 DEADLINE_S = 8 * 60
 TERMINAL = {"COMPLETED", "COMPLETED_SUCCESS", "COMPLETED_FAILED", "FAILED", "CANCELED"}
 
-LAUNCH_BACKFILL = """
-mutation LaunchBackfill($params: LaunchBackfillParams!) {
-  launchPartitionBackfill(backfillParams: $params) {
-    __typename
-    ... on LaunchBackfillSuccess { backfillId }
-    ... on Error { message }
-    ... on PythonError { stack }
-  }
-}
-"""
 
 ASSET_KEYS = "query { assetNodes { assetKey { path } } }"
 
@@ -93,7 +84,7 @@ def _expected_asset_keys() -> set[str]:
     """The asset keys of the code location built with the test settings, in-process."""
     from dagster_dev import FAST_SETTINGS
 
-    from definitions import build_definitions
+    from cohortflow_dagster.definitions import build_definitions
 
     defs = build_definitions("unused-data", "unused-output", str(FAST_SETTINGS))
     return {key.to_user_string() for key in defs.resolve_asset_graph().get_all_asset_keys()}
@@ -153,8 +144,8 @@ def _attempt_dir(
 
 def _assert_canonical_tree(root: Path, batch: str, symbols: tuple[str, ...]) -> None:
     assert (root / f"_registry/batch_{batch}.json").is_file()
-    assert (root / f"_work/batch_{batch}/bars.parquet").is_file()
-    assert (root / f"_work/batch_{batch}/panel.parquet").is_file()
+    assert (root / f"_work/batch_{batch}/attempt_0/bars.parquet").is_file()
+    assert (root / f"_work/batch_{batch}/attempt_0/panel.parquet").is_file()
     ranking = pd.read_csv(root / f"reports/batch_{batch}/attempt_0/target_ranking.csv")
     assert sorted(ranking["target"]) == sorted(TARGETS)
     assert ranking["rank"].tolist() == [1, 2]
@@ -195,7 +186,7 @@ def _assert_canonical_tree(root: Path, batch: str, symbols: tuple[str, ...]) -> 
 
 @pytest.mark.slow
 def test_backfill_from_the_ui_materializes_every_partition(tmp_path: Path) -> None:
-    from assets.partitions import attempt_key
+    from cohortflow_dagster.partitions import attempt_key
 
     t_start = time.monotonic()
     ws = make_workspace(tmp_path, max_concurrent_runs=2)

@@ -1,10 +1,11 @@
 """What a person sees in the Dagster UI, in a real (headless) Chromium.
 
-One universe batch is materialized in-process the way ``cohortflow run`` does it, then
-``dagster dev`` serves that instance and Debian's Chromium, driven through chromedriver's
-W3C WebDriver HTTP API (no Selenium package needed), opens the asset graph, the
-partitions of ``fwd_ret_5/oof_dataset`` and the importance plot of
-``fwd_ret_5/feature_importances``. Screenshots land in ``test-output/screenshots/``.
+One universe batch (two attempts: planted leaks) is materialized in-process the way
+``cohortflow run`` does it, then ``dagster dev`` serves that instance and Debian's
+Chromium, driven through chromedriver's W3C WebDriver HTTP API (no Selenium package),
+opens the lineage (a group per target), an asset's metadata (a table and a plot), the
+checks of attempts 0 and 1, and the run page of a run launched from the UI while its
+step logs arrive. Screenshots land in ``test-output/screenshots/``.
 """
 
 from __future__ import annotations
@@ -24,7 +25,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dagster_dev import TEST_OUTPUT, dagster_dev, free_port, make_workspace, stop_group
+from dagster_dev import (
+    ADD_PARTITION,
+    LAUNCH_BACKFILL,
+    REPOSITORY,
+    RUNS,
+    TEST_OUTPUT,
+    dagster_dev,
+    free_port,
+    make_workspace,
+    stop_group,
+)
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -184,71 +195,107 @@ def _stored_plot(dev: Any, asset: list[str], label: str) -> tuple[str, str]:
 
 @pytest.mark.slow
 @pytest.mark.browser
-def test_ui_shows_the_graph_the_partitions_and_the_plot(
+def test_ui_shows_lineage_metadata_checks_and_live_logs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     reason = _browser_missing()
     if reason:
         pytest.skip(reason)
-    from assets.partitions import attempt_key
-    from cli.runner import run_universe
+    from cohortflow_dagster.cli.runner import run_universe
 
-    # one batch, materialized in-process exactly as `cohortflow run` does
-    ws = make_workspace(tmp_path, max_concurrent_runs=1, with_leaks=False)
+    # one batch, two attempts (planted leaks), materialized as `cohortflow run` does it
+    ws = make_workspace(tmp_path, max_concurrent_runs=1, with_leaks=True)
     for key, value in ws.env().items():
         if key.startswith(("DAGSTER_", "COHORTFLOW_")):
             monkeypatch.setenv(key, value)
     result = run_universe(str(ws.data_dir), str(ws.output_root), str(ws.settings_path))
     batch = result.intake.record.batch
-    n_attempts = len(result.attempts)
-    last_key = str(attempt_key(batch, result.attempts[-1].attempt))
+    assert [a.attempt for a in result.attempts] == [0, 1]
 
     with dagster_dev(ws, "ui_browser") as dev, chromium_session() as browser:
         try:
-            _look_at_the_ui(dev, browser, batch, n_attempts, last_key)
+            _look_at_the_ui(dev, browser, batch)
         except BaseException:
             browser.screenshot("failure.png")  # what the page showed when it failed
             raise
 
 
-def _look_at_the_ui(
-    dev: Any, browser: WebDriver, batch: str, n_attempts: int, last_key: str
-) -> None:
-    # (1) the asset graph: groups first (collapsed), then every group expanded
+def _look_at_the_ui(dev: Any, browser: WebDriver, batch: str) -> None:
+    # (1) the lineage: one group per target, the data and the reports beside them
     browser.get(f"{dev.url}/asset-groups")
-    text = browser.wait_for_text("Global asset lineage", "feature_selection", "training")
-    for group in ("data", "leakage", "target_ranking", "feature_selection", "training"):
-        assert group in text
+    text = browser.wait_for_text("Global asset lineage", "fwd_ret_5", "fwd_ret_10", "reports")
+    assert "data" in text
     _expand_all_groups(browser)
-    browser.wait_for_text("universe_bars", "feature_panel", "feature_exclusions", "featureset")
-    time.sleep(3)  # cosmetic: let the nodes' materialization colours arrive before the picture
-    browser.screenshot("01_asset_graph.png")
+    browser.wait_for_text("universe_bars", "feature_exclusions", "featureset", "portfolio")
+    time.sleep(3)  # cosmetic: let the nodes' materialization colours arrive
+    browser.screenshot("01_lineage.png")
 
-    # (2) the partitions of a partitioned asset: both dimensions' keys, all materialized
-    browser.get(f"{dev.url}/assets/fwd_ret_5/oof_dataset?view=partitions")
-    browser.wait_for_text(batch, f"Materialized ({n_attempts})", "Missing (0)", "Failed (0)")
-    browser.click_xpath(f"//*[text()='{batch}']")
-    browser.wait_for_text(last_key, "Latest materialization", "oof_predictions.parquet")
-    browser.screenshot("02_oof_dataset_partitions.png")
-
-    # (3) the importance plot: the markdown image of the latest materialization, shown
-    partition, stored = _stored_plot(dev, ["fwd_ret_5", "feature_importances"], "importance_plot")
-    assert partition == last_key
+    # (2) one asset's metadata: a table (with its schema) and a plot
+    last = f"1|{batch}"
     browser.get(f"{dev.url}/assets/fwd_ret_5/feature_importances?view=events")
-    browser.wait_for_text("importance_plot", "top_features", f"Partition {last_key} materialized")
-    assert browser.script(INLINE_PNGS) == []  # markdown is folded until asked for
+    browser.wait_for_text(
+        "combined_importance",
+        "importance_plot",
+        "dagster/row_count",
+        f"Partition {last} materialized",
+    )
+    browser.wait_for_text("feature", "importance", "rank", "share")  # the table's columns
+    partition, stored = _stored_plot(dev, ["fwd_ret_5", "feature_importances"], "importance_plot")
+    assert partition == last
     browser.click_xpath(
         "//tr[.//*[normalize-space(text())='importance_plot']]"
         "//*[normalize-space(text())='[Show Markdown]']"
     )
     images = _wait_for_images(browser)
-    browser.screenshot("03_feature_importances_plot.png")
-    assert len(images) == 1, [i["src"][:60] for i in images]
-    image = images[0]
-    assert "importance_plot" in image["dialog"]
-    assert image["src"] == stored  # the very PNG the asset wrote into its metadata
-    assert image["naturalWidth"] > 400 and image["naturalHeight"] > 150, image
-    assert image["width"] > 400 and image["height"] > 100, image  # laid out, visible
+    browser.screenshot("02_importances_table_and_plot.png")
+    assert [i["src"] for i in images] == [stored]
+    assert images[0]["naturalWidth"] > 500 and images[0]["naturalHeight"] > 200, images[0]
+
+    # (3) the checks of attempts 0 and 1: the leak check warns on 0 (attempt 1 fixes it)
+    browser.get(f"{dev.url}/assets/fwd_ret_5/feature_exclusions?view=checks")
+    text = browser.wait_for_text("no_leaks_remain", "attempt_sealed")
+    browser.click_xpath("//*[normalize-space(text())='no_leaks_remain']")
+    browser.click_xpath("//*[normalize-space(text())='Execution history']")
+    text = browser.wait_for_text(f"0|{batch}", f"1|{batch}", "leaks found in attempt 0")
+    browser.screenshot("03_checks_attempts_0_and_1.png")
+    assert "attempt 1 runs without them" in text
+
+    # (4) a run page with live step logs: a new attempt launched from the UI, watched
+    added = dev.graphql(ADD_PARTITION, {"selector": REPOSITORY, "name": "attempt", "key": "2"})
+    assert added["addDynamicPartition"]["__typename"] == "AddDynamicPartitionSuccess"
+    keys = [
+        n["assetKey"]["path"]
+        for n in dev.graphql("query { assetNodes { assetKey { path } } }")["assetNodes"]
+    ]
+    launched = dev.graphql(
+        LAUNCH_BACKFILL,
+        {
+            "params": {
+                "partitionNames": [f"2|{batch}"],
+                "assetSelection": [{"path": k} for k in keys],
+            }
+        },
+    )["launchPartitionBackfill"]
+    assert launched["__typename"] == "LaunchBackfillSuccess", launched
+    run_id = _wait_for_started_run(dev, f"2|{batch}")
+    browser.get(f"{dev.url}/runs/{run_id}")
+    text = browser.wait_for_text("computed in", timeout_s=400)
+    browser.screenshot("04_run_live_logs.png")
+    assert "fwd_ret_" in text
+
+
+def _wait_for_started_run(dev: Any, partition: str, timeout_s: float = 300) -> str:
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout_s:
+        for run in dev.graphql(RUNS)["runsOrError"]["results"]:
+            tags = {t["key"]: t["value"] for t in run["tags"]}
+            if tags.get("dagster/partition") == partition and run["status"] in (
+                "STARTED",
+                "SUCCESS",
+            ):
+                return run["runId"]
+        time.sleep(2)
+    raise AssertionError(f"no run of {partition} started")
 
 
 def _expand_all_groups(browser: WebDriver) -> None:

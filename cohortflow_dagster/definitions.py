@@ -6,20 +6,29 @@ file) configure it; the horizons in the settings decide which per-target assets 
 
 from __future__ import annotations
 
-from dagster import Definitions, in_process_executor
+import os
 
-from assets import build_assets
-from assets.checks import build_checks
-from assets.jobs import ALL_JOBS
-from cohortflow.settings import load_settings
-from io_managers.canonical_store import CanonicalStoreIOManager
-from resources.cohortflow import (
+# OpenMP threads of LightGBM/XGBoost spin-waiting against each other (several fits, several
+# runs on few cores) stall; set before either library starts its thread pool
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+from dagster import Definitions, colored_console_logger, in_process_executor  # noqa: E402
+
+from cohortflow.settings import load_settings  # noqa: E402
+from cohortflow_dagster.assets import build_assets  # noqa: E402
+from cohortflow_dagster.assets.jobs import ALL_JOBS  # noqa: E402
+from cohortflow_dagster.io_managers.canonical_store import CanonicalStoreIOManager  # noqa: E402
+from cohortflow_dagster.resources.cohortflow import (  # noqa: E402
     CohortflowResource,
     default_data_dir,
     default_output_root,
     default_settings_path,
 )
-from sensors import attempt_sensor, data_sensor
+from cohortflow_dagster.resources.home import export_runs_at_once  # noqa: E402
+from cohortflow_dagster.sensors import attempt_sensor, data_sensor  # noqa: E402
+
+# fit threads follow the runs this Dagster home lets run at once (n_threads: 0, auto)
+export_runs_at_once()
 
 
 def build_definitions(
@@ -31,12 +40,13 @@ def build_definitions(
     settings = load_settings(settings_path or None)
     return Definitions(
         assets=build_assets(settings),
-        asset_checks=build_checks(settings.targets),
         jobs=ALL_JOBS,
         # The implicit asset job (the UI's Materialize button, asset backfills) uses this
         # executor; in-process for the reason given in assets/jobs.py.
         executor=in_process_executor,
         sensors=[data_sensor, attempt_sensor],
+        # a run's own terminal (`make ui`, `dagster dev`) shows INFO and up, not every event
+        loggers={"console": colored_console_logger.configured({"log_level": "INFO"})},
         resources={
             "cohortflow": CohortflowResource(
                 data_dir=data_dir, output_root=output_root, settings_path=settings_path
