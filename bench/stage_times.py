@@ -11,11 +11,11 @@ attempt as ``cohortflow run`` would go, and the decisions each attempt made.
     ... --code DIR                 # import cohortflow from DIR (e.g. an older checkout)
     ... --reference 0              # skip the reference fit (fit_efficiency not computed)
 
-An attempt makes the same core calls as :func:`run.bare_graph` (which ``make bench``
-times), with the exclusions of the earlier attempts inherited as the assets inherit them;
-the data stage (bars, features: batch-level in the graph) runs once, in attempt 0.
-Attempt n+1 runs when attempt n found leaks and ``attempt_limit`` allows
-(:func:`cohortflow.intake.decide_next_attempt`).
+An attempt makes the same :mod:`cohortflow.stages` calls as :func:`run.bare_graph` (which
+``make bench`` times), with attempt n-1's exclusions inherited as the target_ranking step
+inherits them; the data stage (bars, features: batch-level in the graph) runs once, in
+attempt 0. Attempt n+1 runs when attempt n found leaks and ``attempt_limit`` allows
+(:func:`cohortflow.leakage.next_attempt`).
 """
 
 from __future__ import annotations
@@ -49,7 +49,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import yaml  # noqa: E402
 
-STAGES = ("data", "leakage", "target_ranking", "feature_selection", "training")
+#: run.STAGES: exclusions are found in the target_ranking step
+STAGES = ("data", "target_ranking", "feature_selection", "training")
 PLANTED = dict(n_symbols=8, n_bars=900, n_noise=10, seed=1)
 
 
@@ -123,154 +124,120 @@ def featureset_record(fs: Any, importances: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def ranking_hash(ranking: Any) -> str:
-    """sha256 of every metric and importance of a target ranking (floats to 17 digits)."""
+def ranking_hash(snapshots: Any) -> str:
+    """sha256 of every metric and importance of a target ranking, both views (the cohort
+    drafts' metrics, floats to 17 digits, and the importance files the folders hold)."""
     import hashlib
 
-    views = [ranking.cross_sectional, *ranking.symbol_specific]
-    doc = [
-        [v.view, v.symbol, v.metrics, v.importances["lightgbm"].to_dict(orient="list")]
-        for v in views
-    ]
-    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+    doc = []
+    for d in snapshots.drafts:
+        extras = snapshots.extras.get(d.scope, {})
+        imps = {k: hashlib.sha256(v).hexdigest() for k, v in sorted(extras.items())}
+        doc.append([str(d.scope.view), d.scope.symbol, d.metrics, imps])
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=repr).encode()).hexdigest()
 
 
-def run_attempts(
-    data_dir: Path, settings: Any, memo: bool = False, batch_views: bool = True
-) -> dict[str, Any]:
-    """Every attempt of the graph's computations; seconds, CPU seconds and row-rounds per
-    stage (summed over attempts and per attempt) and the decisions. ``memo``: importances
-    go through one :class:`cohortflow.memo.MemoryCache` for the whole run, so an attempt
-    reads what an earlier one computed on the same inputs. ``batch_views``: the importances
-    of all views of a target in one batch of fits (``compute_importances_many``, where the
-    core has it; not with ``memo``), else view after view as the assets do today."""
-    import dataclasses
+def _importances_variant(memo: bool, batch_views: bool) -> Any:
+    """``stages.importances``, or a bench variant of it with the same signature: ``memo``:
+    each view's importances through one :class:`cohortflow.memo.MemoryCache` for the whole
+    run (an attempt reads what an earlier one computed on the same inputs); not
+    ``batch_views``: view after view (``compute_importances``), as before the views were
+    batched."""
+    from cohortflow import stages
 
-    # imported before the clock starts: a first import is not a stage's work (and with
-    # PYTHONDONTWRITEBYTECODE set, each process compiles them again: seconds)
-    import lightgbm  # noqa: F401
-    import pandas as pd
-    import sklearn.linear_model  # noqa: F401
-    import xgboost  # noqa: F401
+    if not memo and batch_views:
+        return stages.importances
+    from cohortflow.domain import Stage
+    from cohortflow.selection import compute_importances
 
-    from cohortflow import fitlog
-    from cohortflow.bars import load_universe
-    from cohortflow.features import build_panel, feature_specs
-    from cohortflow.intake import decide_next_attempt
-    from cohortflow.layout import Scope
-    from cohortflow.leakage import detect_leaks
-    from cohortflow.oof import generate_oof
-    from cohortflow.ranking import rank_target, symbols_for_view
-    from cohortflow.selection import compute_importances, prune
-    from cohortflow.snapshots import draft_from_rows
-    from cohortflow.stacking import fit_stacking, split_train_test
-
+    cache = None
     if memo:
         from cohortflow.memo import MemoryCache
         from cohortflow.selection import cached_importances
 
         cache = MemoryCache()
 
-        def importances_of(*args: Any) -> Any:
-            return cached_importances(cache, *args)
-    else:
-        importances_of = compute_importances
-    import cohortflow.selection as selection
+    def importances(t: Any, exclusions: Any) -> dict[Any, Any]:
+        features = t.usable(stages.cross_sectional(exclusions))
+        out = {}
+        for symbol in [None, *t.view_symbols]:
+            rows = stages.rows_with_target(t.holdout.train, t.target, symbol)
+            args = (rows, t.target, t.horizon, features, t.settings)
+            imps = cached_importances(cache, *args) if memo else compute_importances(*args)
+            out[t.scope(Stage.FEATURE_SELECTION, symbol)] = imps
+        return out
 
-    batch = (
-        getattr(selection, "compute_importances_many", None) if batch_views and not memo else None
-    )
+    return importances
 
+
+def run_attempts(
+    data_dir: Path, settings: Any, memo: bool = False, batch_views: bool = True
+) -> dict[str, Any]:
+    """Every attempt of the graph's computations, through :mod:`cohortflow.stages` as
+    :func:`run.bare_graph` calls it; seconds, CPU seconds and row-rounds per stage (summed
+    over attempts and per attempt) and the decisions. Attempt n finds its exclusions with
+    attempt n-1's cross-sectional exclusions inherited (as the target_ranking step reads
+    them); attempt n+1 runs while some target's :func:`cohortflow.leakage.next_attempt`
+    asks for it. ``memo`` / ``batch_views``: see :func:`_importances_variant`."""
+    # imported before the clock starts: a first import is not a stage's work (and with
+    # PYTHONDONTWRITEBYTECODE set, each process compiles them again: seconds)
+    import lightgbm  # noqa: F401
+    import sklearn.linear_model  # noqa: F401
+    import xgboost  # noqa: F401
+
+    # cohortflow.fitlog's, or zero counters with an older core (--code) that has none
+    from fit_efficiency import FitCounts as zero_counts
+    from fit_efficiency import snapshot
+
+    from cohortflow import stages
+    from cohortflow.bars import load_universe
+    from cohortflow.features import build_panel
+    from cohortflow.leakage import next_attempt
+
+    importances_of = _importances_variant(memo, batch_views)
     zero = {s: 0.0 for s in STAGES}
     wall, cpu = dict(zero), dict(zero)
-    counts = {s: fitlog.FitCounts() for s in STAGES}
-    state = {"t": time.perf_counter(), "c": time.process_time(), "f": fitlog.snapshot()}
+    counts = {s: zero_counts() for s in STAGES}
+    state = {"t": time.perf_counter(), "c": time.process_time(), "f": snapshot()}
 
     def lap(stage: str) -> None:
-        t, c, f = time.perf_counter(), time.process_time(), fitlog.snapshot()
+        t, c, f = time.perf_counter(), time.process_time(), snapshot()
         wall[stage] += t - state["t"]
         cpu[stage] += c - state["c"]
         counts[stage] = counts[stage] + (f - state["f"])
-        state.update(t=time.perf_counter(), c=time.process_time(), f=fitlog.snapshot())
+        state.update(t=time.perf_counter(), c=time.process_time(), f=snapshot())
 
     universe = load_universe(data_dir, settings)
     panel = build_panel(universe, settings)
-    frame = panel.frame
-    hashes = {f.symbol: f.sha256 for f in universe.files}
-    fp = settings.fingerprint_fields()
     lap("data")
-    common = set.intersection(*(set(b.columns) for b in universe.bars.values()))
-    specs = [s for s in feature_specs(common, settings) if s.name in panel.computed]
-
-    def rows_of(rows: pd.DataFrame, target: str, symbol: str | None) -> pd.DataFrame:
-        keep = rows[target].notna().to_numpy()
-        if symbol is not None:
-            keep = keep & (rows["symbol"] == symbol).to_numpy()
-        return rows[keep]
-
-    def draft(scope: Scope, rows: pd.DataFrame, features: Any, metrics: Any) -> Any:
-        return draft_from_rows(
-            scope, rows, universe_sig=universe.universe_sig, file_hashes=hashes,
-            features=list(features), excluded={}, metrics=metrics, key_metrics={}, settings=fp,
-        )  # fmt: skip
 
     attempts: list[dict[str, Any]] = []
-    inherited: dict[str, Any] = {}
+    previous: dict[str, Any] = {}  # target -> attempt n-1's cross-sectional exclusions
     attempt: int | None = 0
     while attempt is not None:
         before = (dict(wall), dict(cpu))
         decisions: dict[str, Any] = {}
         found: dict[str, Any] = {}
-        for horizon in settings.horizons:
-            target = f"fwd_ret_{horizon}"
-            train, test, info = split_train_test(frame, target, horizon, settings)
-            train_panel = dataclasses.replace(panel, frame=train)
-            excl = detect_leaks(
-                train_panel, target, horizon, specs, universe.bars, settings, attempt,
-                inherited.get(target),
-            )  # fmt: skip
-            found[target] = excl
-            dropped = {e.feature for e in excl.entries if e.attempt < attempt}
-            features = [f for f in panel.features if f not in dropped]
-            lap("leakage")
-
-            symbols = symbols_for_view(frame, target, settings.symbol_views)
-            ranking = rank_target(frame, target, horizon, features, settings, symbols=symbols)
-            for view in (ranking.cross_sectional, *ranking.symbol_specific):
-                scope = Scope(
-                    target, "TARGET_RANKING", view.view, universe.batch, attempt, view.symbol
-                )
-                draft(scope, rows_of(frame, target, view.symbol), features, view.metrics)
+        for horizon, target in zip(settings.horizons, settings.targets, strict=True):
+            t = stages.TargetAttempt(
+                target, horizon, universe.batch, attempt, settings, panel, universe
+            )
+            excl = stages.find_exclusions(t, previous.get(target))
+            ranked = stages.rank(t, excl)
             lap("target_ranking")
-
-            featuresets: dict[str, Any] = {}
-            fs_records: dict[str, Any] = {}
-            views = [None, *symbols]
-            frames = [rows_of(train, target, symbol) for symbol in views]
-            if batch:  # every view's folds in one batch of fits
-                all_importances = batch(frames, target, horizon, features, settings)
-            else:
-                all_importances = [
-                    importances_of(rows, target, horizon, features, settings) for rows in frames
-                ]
-            for symbol, rows, importances in zip(views, frames, all_importances, strict=True):
-                view = "SYMBOL_SPECIFIC" if symbol else "CROSS_SECTIONAL"
-                scope = Scope(target, "FEATURE_SELECTION", view, universe.batch, attempt, symbol)
-                fs = prune(
-                    importances, rows, list(panel.features), target, view, symbol, settings,
-                    excluded=sorted(dropped),
-                )  # fmt: skip
-                draft(scope, rows_of(frame, target, symbol), fs.kept, {"kept": list(fs.kept)})
-                featuresets[symbol] = fs
-                fs_records[symbol or "CROSS_SECTIONAL"] = featureset_record(fs, importances)
+            imps = importances_of(t, excl)
+            fsets = stages.featuresets(t, imps, excl)
+            stages.selection_snapshots(t, imps, fsets, excl)
             lap("feature_selection")
-
-            kept = list(featuresets[None].kept)
-            oof = generate_oof(train, target, horizon, kept, settings)
-            stack = fit_stacking(oof, train, test, target, horizon, kept, settings, split_info=info)
-            scope = Scope(target, "TRAINING", "CROSS_SECTIONAL", universe.batch, attempt)
-            draft(scope, train[train[target].notna()], kept, {"test": stack.test_metrics})
+            oof = stages.oof_dataset(t, fsets)
+            stack = stages.stacking_model(t, fsets, oof)
+            folio = stages.portfolio(t, stack.test_predictions)
+            scores = {k: v for k, v in stack.test_metrics.items() if isinstance(v, dict)}
+            stages.training_snapshots(t, fsets, oof, {"metrics_from_loaded_model": scores}, folio)
             lap("training")
+            cs = stages.cross_sectional(excl)
+            found[target] = cs
+            ranking_cs = next(d for d in ranked.drafts if d.scope.symbol is None)
             decisions[target] = {
                 "exclusions": {
                     e.feature: {
@@ -278,12 +245,15 @@ def run_attempts(
                         "attempt": e.attempt,
                         "symbols": list(e.symbols),
                     }
-                    for e in excl.entries
+                    for e in cs.entries
                 },
-                "ranking_score": float(ranking.score),
-                "ranking_sha256": ranking_hash(ranking),
-                "featuresets": fs_records,
-                "stack_test_rank_ic": float(stack.test_metrics["stack"]["rank_ic"]),
+                "ranking_score": float(ranking_cs.key_metrics.get("score", float("nan"))),
+                "ranking_sha256": ranking_hash(ranked),
+                "featuresets": {
+                    scope.symbol or "CROSS_SECTIONAL": featureset_record(fs, imps[scope])
+                    for scope, fs in fsets.items()
+                },
+                "stack_test_rank_ic": float(scores.get("stack", {}).get("rank_ic", float("nan"))),
             }
         attempts.append(
             {
@@ -293,14 +263,15 @@ def run_attempts(
                 "decisions": decisions,
             }
         )
-        inherited = found
-        attempt = decide_next_attempt(found, attempt, settings.attempt_limit)
+        previous = found
+        wanted = [next_attempt(e, settings.attempt_limit) for e in found.values()]
+        attempt = min((n for n in wanted if n is not None), default=None)
     return {
         "wall": wall,
         "cpu": cpu,
         "counts": {s: counts[s].to_dict() for s in STAGES},
         "attempts": attempts,
-        "rows": int(len(frame)),
+        "rows": int(len(panel.frame)),
     }
 
 
