@@ -47,6 +47,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+# --code DIR: the children import cohortflow from DIR (e.g. an older commit's core)
+if os.environ.get("COHORTFLOW_BENCH_CODE"):
+    sys.path.insert(0, os.environ["COHORTFLOW_BENCH_CODE"])
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
@@ -316,8 +319,13 @@ def main(argv: list[str] | None = None) -> int:
         "--reference", default="500000,60,200",
         help="rows,features,rounds of the reference fit for fit_efficiency (0: none)",
     )  # fmt: skip
+    parser.add_argument(
+        "--code", default=None, help="the children import cohortflow from this folder"
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
+    if args.code:
+        os.environ["COHORTFLOW_BENCH_CODE"] = str(Path(args.code).resolve())
 
     work = Path(args.work or tempfile.mkdtemp(prefix="cohortflow-scale-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -326,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     header = [
         f"scale: {args.bars} bars x {args.noise + 2} user features (synthetic, no planted "
-        f"leaks), settings {args.settings or 'defaults'} with attempt_limit 1",
+        f"leaks), settings {args.settings or 'defaults'} with attempt_limit 1"
+        + (f"; core from {args.code}" if args.code else ""),
         "machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
         "note: a shared 2-core machine; single runs per size, so treat small differences as noise",
     ]
@@ -341,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         return data
 
     results: dict[int, dict[str, Any]] = {}
-    tag = hashlib.sha256(settings_path.read_bytes()).hexdigest()[:8]
+    tag = hashlib.sha256(settings_path.read_bytes() + str(args.code).encode()).hexdigest()[:8]
     for n in sizes:
         data = universe(n)
         # a size measured before with the same settings in this --work folder is reused
