@@ -203,8 +203,14 @@ def measure_graph(quick: bool, work: Path) -> tuple[list[Row], list[str]]:
         _, stages = dagster_graph(data_dir, work / f"out_{next(runs)}", settings_path)
         dagster_stages.append(stages)
 
+    import fit_efficiency as fe  # row-rounds per stage against one large fit (issue 18)
+
+    reference = fe.reference_fit(*(fe.QUICK_REFERENCE if quick else fe.FULL_REFERENCE), settings)
+    counters: list[fe.StageCounts] = []
+
     def bare_side() -> None:
-        bare_stages.append(bare_graph(data_dir, settings))
+        counters.append(fe.StageCounts())
+        bare_stages.append(bare_graph(data_dir, settings, on_lap=counters[-1]))
 
     # full size: one-time costs (imports, thread pools) are noise next to minutes of fitting,
     # so no warm-up run; quick: they are not, so one untimed run of each side first
@@ -252,7 +258,8 @@ def measure_graph(quick: bool, work: Path) -> tuple[list[Row], list[str]]:
         "the same repeats in the process's CPU seconds (all threads): the work the graph "
         "adds, without the VM's wall noise (the fsyncs' waits are not in it)",
     )
-    return [row, cpu_row], lines
+    eff_row = fe.bench_row(Row, counters[skip:], bare_stages[skip:], reference)
+    return [row, cpu_row, eff_row], [*lines, "  " + reference.describe()]
 
 
 def graph_steps(settings_path: Path, work: Path) -> int:

@@ -1,7 +1,8 @@
 """How each stage grows with the universe: wall time and peak memory per stage, and the
 growth exponent of time against rows.
 
-    python bench/scale.py                       # 50, 200, 500 symbols x 2,500 bars x 60 features
+    python bench/scale.py                       # 50, 200, 500, 1000 symbols x 2,500 bars x 60 features
+    python bench/scale.py --sizes 500,1000      # the memory table's two sizes
     python bench/scale.py --sizes 50,200        # the first two (extrapolate to 500)
     python bench/scale.py --graph 500           # the whole Dagster graph (one attempt) at 500
     python bench/scale.py --settings config/fast.yaml --sizes 8,16 --bars 600   # a smoke run
@@ -20,6 +21,12 @@ memory is that size's alone:
 
 The growth exponent of a stage is the least-squares slope of log(seconds) on log(rows):
 1 is linear in the rows; above 1 something grows faster than the data.
+
+Memory table: the process's peak RSS per million panel rows, and against the float32
+feature matrix (rows x features x 4 bytes, the smallest form the fits could read), with the
+growth exponent of the peak (slope of log(peak) on log(rows)) and the peak it extrapolates
+to at 3,000 symbols (7.5 M rows). Each child also counts its row-rounds per stage
+(:mod:`cohortflow.fitlog`) for fit_efficiency against ``--reference`` (one large fit).
 """
 
 from __future__ import annotations
@@ -40,6 +47,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "bench"))
+# --code DIR: the children import cohortflow from DIR (e.g. an older commit's core)
+if os.environ.get("COHORTFLOW_BENCH_CODE"):
+    sys.path.insert(0, os.environ["COHORTFLOW_BENCH_CODE"])
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np  # noqa: E402
@@ -93,21 +103,35 @@ def child_generate(data_dir: str, n_symbols: int, n_bars: int, n_noise: int) -> 
 
 
 def child_stages(data_dir: str, settings_path: str) -> dict[str, Any]:
-    """Seconds and peak RSS of each stage of :func:`run.bare_graph`; panel rows."""
+    """Seconds, CPU seconds, row-rounds and peak RSS of each stage of
+    :func:`run.bare_graph`; panel rows and features."""
+    from fit_efficiency import StageCounts
+
     from cohortflow.settings import load_settings
 
     settings = load_settings(settings_path)
     peaks: dict[str, int] = dict.fromkeys(STAGES, 0)
+    cpu: dict[str, float] = dict.fromkeys(STAGES, 0.0)
+    counts = StageCounts()
     resettable = reset_peak()
+    clock = [time.process_time()]
 
     def on_lap(stage: str) -> None:
         peaks[stage] = max(peaks[stage], peak_rss_bytes())
         reset_peak()
+        counts(stage)
+        now = time.process_time()
+        cpu[stage] += now - clock[0]
+        clock[0] = now
 
     seconds = bare_graph(data_dir, settings, on_lap=on_lap)
     rows = _panel_rows(data_dir, settings)
     return {
         "seconds": seconds,
+        "cpu_seconds": cpu,
+        "row_rounds": {s: c.row_rounds for s, c in counts.by_stage.items()},
+        "features": _panel_features(data_dir, settings),
+        "load_1m": os.getloadavg()[0],
         "peak_rss": peaks,
         # resetting VmHWM resets ru_maxrss too: the process peak is the largest stage peak
         "peak_rss_process": max([*peaks.values(), peak_rss_bytes()]),
@@ -126,6 +150,24 @@ def _panel_rows(data_dir: str, settings: Any) -> int:
     columns = set(pq.read_schema(files[0]).names)
     warmup = warmup_bars(feature_specs(columns, settings))
     return sum(max(pq.read_metadata(f).num_rows - warmup, 0) for f in files)
+
+
+def _panel_features(data_dir: str, settings: Any) -> int:
+    """Feature columns of the panel: the computed ones plus the user columns."""
+    import pandas as pd
+
+    from cohortflow.features import feature_specs, user_columns
+
+    first = sorted(Path(data_dir).glob("*.parquet"))[0]
+    bars = pd.read_parquet(first)
+    return len(feature_specs(set(bars.columns), settings)) + len(user_columns(bars))
+
+
+def child_reference(rows: int, features: int, rounds: int) -> dict[str, Any]:
+    from fit_efficiency import reference_fit
+
+    ref = reference_fit(rows, features, rounds)
+    return {"rate": ref.rate, "text": ref.describe()}
 
 
 def child_graph(data_dir: str, settings_path: str, work: str) -> dict[str, Any]:
@@ -193,18 +235,78 @@ def table(results: Mapping[int, Mapping[str, Any]]) -> list[str]:
     return out
 
 
+def memory_table(results: Mapping[int, Mapping[str, Any]]) -> list[str]:
+    """Peak RSS per million rows and against the float32 feature matrix, per size; the
+    growth exponent of the peak and its extrapolation to 3,000 symbols (7.5 M rows)."""
+    sizes = sorted(results)
+    rows = [results[n]["rows"] for n in sizes]
+    peaks = [results[n]["peak_rss_process"] for n in sizes]
+    head = f"{'symbols':>8}{'rows':>12}{'features':>10}{'peak GiB':>10}{'GiB/M rows':>12}"
+    head += f"{'x f32 matrix':>14}"
+    out = ["memory (process peak RSS):", head, "-" * len(head)]
+    for n, r, p in zip(sizes, rows, peaks, strict=True):
+        feats = results[n].get("features") or 0
+        matrix = r * feats * 4
+        ratio = p / matrix if matrix else float("nan")
+        out.append(
+            f"{n:>8}{r:>12,}{feats:>10}{p / GIB:>10.2f}{p / GIB / (r / 1e6):>12.2f}{ratio:>14.2f}"
+        )
+    k = growth_exponent(rows, peaks)
+    if len(sizes) >= 2:
+        at = 7.5e6
+        est = peaks[-1] * (at / rows[-1]) ** k
+        out.append(
+            f"peak growth exponent {k:.2f}; extrapolated to 7.5 M rows (3,000 symbols): "
+            f"{est / GIB:.1f} GiB"
+        )
+    return out
+
+
+def efficiency_lines(
+    results: Mapping[int, Mapping[str, Any]], reference: Mapping[str, Any] | None
+) -> list[str]:
+    """fit_efficiency per size (overall and per stage), and CPU seconds per stage."""
+    out = []
+    for n in sorted(results):
+        r = results[n]
+        if "cpu_seconds" not in r:
+            continue
+        cpu = ", ".join(f"{s} {r['cpu_seconds'][s]:.0f}" for s in STAGES)
+        line = f"{n} symbols: CPU s {cpu}; load {r.get('load_1m', float('nan')):.1f}"
+        if reference:
+            eff = {
+                s: r["row_rounds"][s] / r["seconds"][s] / reference["rate"]
+                if r["seconds"][s] > 0
+                else float("nan")
+                for s in STAGES
+            }
+            total = sum(r["row_rounds"].values()) / sum(r["seconds"].values()) / reference["rate"]
+            line += (
+                f"; fit_efficiency {total:.3f} ("
+                + ", ".join(f"{s} {v:.3f}" for s, v in eff.items())
+                + ")"
+            )
+        out.append(line)
+    return out
+
+
 # --------------------------------------------------------------------------- main
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv and argv[0] == "--child":
         kind, *rest = argv[1:]
-        fn = {"generate": child_generate, "stages": child_stages, "graph": child_graph}[kind]
+        fn = {
+            "generate": child_generate,
+            "stages": child_stages,
+            "graph": child_graph,
+            "reference": child_reference,
+        }[kind]
         typed = [int(a) if a.isdigit() else a for a in rest]
         print(json.dumps(fn(*typed)), flush=True)
         return 0
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="50,200,500", help="symbols per universe")
+    parser.add_argument("--sizes", default="50,200,500,1000", help="symbols per universe")
     parser.add_argument("--bars", type=int, default=2500)
     parser.add_argument("--noise", type=int, default=58, help="noise columns (+2 signals)")
     parser.add_argument("--settings", default=None, help="base settings YAML (default: defaults)")
@@ -213,8 +315,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--reuse", action="store_true", help="reuse sizes measured before in --work"
     )
+    parser.add_argument(
+        "--reference", default="500000,60,200",
+        help="rows,features,rounds of the reference fit for fit_efficiency (0: none)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--code", default=None, help="the children import cohortflow from this folder"
+    )
     args = parser.parse_args(argv)
     sizes = [int(s) for s in args.sizes.split(",") if s]
+    if args.code:
+        os.environ["COHORTFLOW_BENCH_CODE"] = str(Path(args.code).resolve())
 
     work = Path(args.work or tempfile.mkdtemp(prefix="cohortflow-scale-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -223,7 +334,8 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     header = [
         f"scale: {args.bars} bars x {args.noise + 2} user features (synthetic, no planted "
-        f"leaks), settings {args.settings or 'defaults'} with attempt_limit 1",
+        f"leaks), settings {args.settings or 'defaults'} with attempt_limit 1"
+        + (f"; core from {args.code}" if args.code else ""),
         "machine: " + ", ".join(f"{k} {v}" for k, v in info.items()),
         "note: a shared 2-core machine; single runs per size, so treat small differences as noise",
     ]
@@ -238,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         return data
 
     results: dict[int, dict[str, Any]] = {}
-    tag = hashlib.sha256(settings_path.read_bytes()).hexdigest()[:8]
+    tag = hashlib.sha256(settings_path.read_bytes() + str(args.code).encode()).hexdigest()[:8]
     for n in sizes:
         data = universe(n)
         # a size measured before with the same settings in this --work folder is reused
@@ -257,7 +369,11 @@ def main(argv: list[str] | None = None) -> int:
             ),
             flush=True,
         )
-    lines = header + table(results)
+    reference = None
+    if args.reference != "0":
+        reference = in_child("reference", *args.reference.split(","), log=log)
+        print("  " + reference["text"], flush=True)
+    lines = header + table(results) + memory_table(results) + efficiency_lines(results, reference)
     sizes_done = sorted(results)
     if len(sizes_done) >= 2 and 500 not in results:
         rows = [results[n]["rows"] for n in sizes_done]

@@ -29,7 +29,13 @@ from cohortflow.errors import CohortflowError
 from cohortflow.formats import prediction_parquet_bytes, read_parquet
 from cohortflow.fsio import atomic_write_bytes
 from cohortflow.layout import as_root
-from cohortflow.models import base_model_names, make_base_model
+from cohortflow.models import (
+    base_model_names,
+    fit_counted,
+    make_base_model,
+    map_parallel,
+    parallel_settings,
+)
 from cohortflow.names import validate_name
 from cohortflow.settings import Settings
 from cohortflow.splits import FoldPlan, PurgedKFold, make_fold_plan
@@ -151,8 +157,7 @@ def fit_base_model(
     est = make_base_model(name, settings)
     if params:
         est.set_params(**dict(params))
-    est.fit(_on_model_device(name, est, model_input(name, x)), y)
-    return est
+    return fit_counted(est, _on_model_device(name, est, model_input(name, x)), y)
 
 
 def predict_base_model(name: str, est: Any, x: np.ndarray) -> np.ndarray:
@@ -267,8 +272,7 @@ def generate_oof(
             matrices[subset] = x_all if full else np.ascontiguousarray(x_all[:, cols])
 
     # folds side by side share the settings' threads: n_threads // fold_workers a fit
-    workers = max(1, min(settings.fold_workers, len(plan.folds)))
-    fit_settings = settings.replace(n_threads=max(1, settings.n_threads // workers))
+    fit_settings, workers = parallel_settings(settings, len(plan.folds))
 
     def fit_fold(fold: Any) -> dict[str, np.ndarray]:
         """Every model's predictions on the fold's test rows, fitted on its training rows."""
@@ -299,7 +303,9 @@ def generate_oof(
         return out
 
     preds = {m: np.full(len(labelled), np.nan) for m in models}
-    for fold, fold_preds in zip(plan.folds, _map_folds(fit_fold, plan.folds, workers), strict=True):
+    for fold, fold_preds in zip(
+        plan.folds, map_parallel(fit_fold, plan.folds, workers), strict=True
+    ):
         te = np.asarray(fold.test_idx)
         for name in models:
             preds[name][te] = fold_preds[name]
@@ -329,19 +335,6 @@ def generate_oof(
         params=params,
         features=per_model,
     )
-
-
-def _map_folds(fit_fold: Any, folds: Sequence[Any], workers: int) -> list[Any]:
-    """``fit_fold`` over the folds, ``workers`` at once (threads: LightGBM and XGBoost
-    release the GIL while they fit). The fits are seeded and thread-count invariant
-    (LightGBM ``deterministic=True``, XGBoost ``hist``), so the predictions are the same
-    with any number of workers; each worker holds one fold's training matrix."""
-    if workers <= 1:
-        return [fit_fold(f) for f in folds]
-    from concurrent.futures import ThreadPoolExecutor
-
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="cohortflow-fold") as pool:
-        return list(pool.map(fit_fold, folds))
 
 
 def _fold_metrics(

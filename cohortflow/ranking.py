@@ -50,7 +50,7 @@ from cohortflow.metrics import (
     summarize_ic,
     time_series_ic,
 )
-from cohortflow.models import lightgbm_regressor
+from cohortflow.models import fit_counted, lightgbm_regressor, map_parallel, parallel_settings
 from cohortflow.settings import Settings
 from cohortflow.splits import FoldPlan, PurgedKFold, make_fold_plan
 
@@ -73,6 +73,8 @@ MODELS = ("lightgbm", "linear")
 MIN_CS_SYMBOLS = 3
 MIN_CS_DATE_SHARE = 0.5
 RIDGE_ALPHA = 1.0
+# folds with more training rows than this are fitted one at a time with all the threads
+PARALLEL_MAX_ROWS = 250_000
 
 
 @dataclass(frozen=True, eq=False)
@@ -159,18 +161,88 @@ class _Oof:
     gain: np.ndarray  # (n_features,) LightGBM gain averaged over folds
 
 
-def _fit_oof(X: np.ndarray, y: np.ndarray, plan: FoldPlan, settings: Settings) -> _Oof:
-    preds = {m: np.full(len(y), np.nan) for m in MODELS}
-    gains = []
-    for fold in plan.folds:
+@dataclass(frozen=True, eq=False)
+class _Columns:
+    """Feature columns of a panel and the rows to use (positions): ``cols[rows]`` gives a
+    fresh float64 matrix of those rows, as the whole matrix indexed would."""
+
+    columns: list[np.ndarray]
+    rows: np.ndarray
+
+    def __getitem__(self, idx: np.ndarray) -> np.ndarray:
+        at = self.rows[idx]
+        out = np.empty((at.size, len(self.columns)))
+        for j, col in enumerate(self.columns):
+            out[:, j] = col[at]
+        return out
+
+
+@dataclass(frozen=True)
+class _ViewJob:
+    """One view to fit: its rows (positions in the pooled arrays; None = all) and fold plan."""
+
+    view: str
+    symbol: str | None
+    rows: np.ndarray | None
+    plan: FoldPlan
+
+
+def _fit_views(
+    X: _Columns, y: np.ndarray, jobs: Sequence[_ViewJob], settings: Settings
+) -> list[_Oof | ValueError]:
+    """The OOF predictions and gain of every view, the folds of all views fitted as one batch
+    of jobs side by side (models.parallel_settings: the same numbers as one at a time). A
+    view whose fit raised ValueError gets that error instead.
+
+    Folds of more than PARALLEL_MAX_ROWS training rows run one after another with all the
+    threads: a large fit uses two threads well, and two at once would hold two copies of
+    the largest matrices."""
+    tasks = [(i, k) for i, job in enumerate(jobs) for k in range(len(job.plan.folds))]
+    large_set = {t for t in tasks if jobs[t[0]].plan.folds[t[1]].train_idx.size > PARALLEL_MAX_ROWS}
+    large = [t for t in tasks if t in large_set]
+    small = [t for t in tasks if t not in large_set]
+    small_settings, workers = parallel_settings(settings, len(small))
+
+    def fit_fold(task: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray] | ValueError:
+        """(LightGBM predictions, its gain, linear predictions) of one fold's test rows."""
+        job = jobs[task[0]]
+        fold = job.plan.folds[task[1]]
         tr, te = fold.train_idx, fold.test_idx
-        gbm = lightgbm_regressor(settings, n_estimators=settings.quick_estimators)
-        gbm.fit(X[tr], y[tr])
-        preds["lightgbm"][te] = gbm.predict(X[te])
-        gains.append(gbm.booster_.feature_importance(importance_type="gain"))
-        lin = linear_model(copy=False).fit(X[tr], y[tr])  # X[tr], X[te]: fresh copies
-        preds["linear"][te] = lin.predict(X[te])
-    return _Oof(preds, np.mean(np.asarray(gains, dtype=np.float64), axis=0))
+        if job.rows is not None:
+            tr, te = job.rows[tr], job.rows[te]
+        try:
+            x_tr, x_te = X[tr], X[te]  # fresh copies, one of each
+            fit_settings = settings if task in large_set else small_settings
+            gbm = lightgbm_regressor(fit_settings, n_estimators=settings.quick_estimators)
+            fit_counted(gbm, x_tr, y[tr])
+            pred = gbm.predict(x_te)
+            gain = gbm.booster_.feature_importance(importance_type="gain")
+            # the ridge last: it imputes and scales the copies in place (copy=False)
+            lin = linear_model(copy=False).fit(x_tr, y[tr])
+            return pred, gain, lin.predict(x_te)
+        except ValueError as exc:
+            return exc
+
+    done = dict(zip(large, map_parallel(fit_fold, large, 1), strict=True))
+    done.update(zip(small, map_parallel(fit_fold, small, workers), strict=True))
+    results = iter(done[t] for t in tasks)
+    out: list[_Oof | ValueError] = []
+    for job in jobs:
+        n = len(y) if job.rows is None else job.rows.size
+        preds = {m: np.full(n, np.nan) for m in MODELS}
+        gains = []
+        error = None
+        for fold in job.plan.folds:
+            got = next(results)
+            if isinstance(got, ValueError):
+                error = error or got
+                continue
+            gbm_pred, gain, lin_pred = got
+            preds["lightgbm"][fold.test_idx] = gbm_pred
+            preds["linear"][fold.test_idx] = lin_pred
+            gains.append(gain)
+        out.append(error or _Oof(preds, np.mean(np.asarray(gains, dtype=np.float64), axis=0)))
+    return out
 
 
 def importance_frame(features: Sequence[str], importance: np.ndarray) -> pd.DataFrame:
@@ -322,27 +394,29 @@ def _check_panel(panel: pd.DataFrame, target: str, horizon: int, features: Seque
         raise ValueError(f"panel lacks column(s) {missing} needed to rank {target!r}")
 
 
-def _view(
-    view: str,
-    symbol: str | None,
-    X: np.ndarray,
+def _plan(
+    ts: np.ndarray, label_end: np.ndarray | None, horizon: int, settings: Settings
+) -> FoldPlan:
+    splitter = PurgedKFold(settings.n_splits, horizon, settings.embargo_for(horizon))
+    return make_fold_plan(splitter, ts, label_end)
+
+
+def _view_ranking(
+    job: _ViewJob,
+    oof: _Oof,
     y: np.ndarray,
     ts: np.ndarray,
     sym: np.ndarray,
-    label_end: np.ndarray | None,
     features: Sequence[str],
     horizon: int,
-    settings: Settings,
 ) -> tuple[ViewRanking, str]:
-    splitter = PurgedKFold(settings.n_splits, horizon, settings.embargo_for(horizon))
-    plan = make_fold_plan(splitter, ts, label_end)
-    oof = _fit_oof(X, y, plan, settings)
-    if view == CROSS_SECTIONAL:
-        metrics, basis = _cross_sectional_metrics(ts, sym, y, oof, plan, horizon)
+    """The metrics and importances of one fitted view (``y``, ``ts``, ``sym``: its rows)."""
+    if job.view == CROSS_SECTIONAL:
+        metrics, basis = _cross_sectional_metrics(ts, sym, y, oof, job.plan, horizon)
     else:
-        metrics, basis = _symbol_metrics(y, oof, plan), "ts_rank_ic"
+        metrics, basis = _symbol_metrics(y, oof, job.plan), "ts_rank_ic"
     importances = {"lightgbm": importance_frame(features, oof.gain)}
-    return ViewRanking(view, symbol, metrics, importances, int(len(y)), plan), basis
+    return ViewRanking(job.view, job.symbol, metrics, importances, int(len(y)), job.plan), basis
 
 
 def symbols_for_view(panel: pd.DataFrame, target: str, limit: int) -> list[str]:
@@ -392,27 +466,40 @@ def rank_target(
             "%s: no %s column; label windows taken as %d grid bars", target, le_col, horizon
         )
         label_end = None
-    X = np.empty((keep.size, len(features)), dtype=np.float64)
-    for j, name in enumerate(features):
-        X[:, j] = panel[name].to_numpy(dtype=np.float64)[keep]
+    # no matrix of all rows: each fold's rows are cut from the panel's columns when it runs
+    # (at 500 symbols the matrix was 0.7 GB beside the fold copies)
+    X = _Columns([panel[name].to_numpy(dtype=np.float64) for name in features], keep)
     y = panel[target].to_numpy(dtype=np.float64)[keep]
     ts = panel["timestamp"].to_numpy()[keep]
     sym = panel["symbol"].iloc[keep].astype(str).to_numpy()
 
-    cs, basis = _view(CROSS_SECTIONAL, None, X, y, ts, sym, label_end, features, horizon, settings)
-    per_symbol = []
+    # every view's folds go into one batch of fits (the symbol views' small fits side by
+    # side); a symbol whose rows are too few for the folds is left out
+    jobs = [_ViewJob(CROSS_SECTIONAL, None, None, _plan(ts, label_end, horizon, settings))]
     wanted = None if symbols is None else set(symbols)
     for symbol, idx in sorted(pd.Series(sym).groupby(sym, sort=True).indices.items()):
         if wanted is not None and symbol not in wanted:
             continue
         le = None if label_end is None else label_end[idx]
         try:
-            view, _ = _view(
-                SYMBOL_SPECIFIC, str(symbol), X[idx], y[idx], ts[idx], sym[idx], le,
-                features, horizon, settings,
-            )  # fmt: skip
+            jobs.append(
+                _ViewJob(SYMBOL_SPECIFIC, str(symbol), idx, _plan(ts[idx], le, horizon, settings))
+            )
         except ValueError as exc:
             logger.warning("%s: symbol %s left out of the symbol view: %s", target, symbol, exc)
+    fitted = _fit_views(X, y, jobs, settings)
+    if isinstance(fitted[0], ValueError):
+        raise fitted[0]
+    cs, basis = _view_ranking(jobs[0], fitted[0], y, ts, sym, features, horizon)
+    per_symbol = []
+    for job, oof in zip(jobs[1:], fitted[1:], strict=True):
+        idx = job.rows
+        try:
+            if isinstance(oof, ValueError):
+                raise oof
+            view, _ = _view_ranking(job, oof, y[idx], ts[idx], sym[idx], features, horizon)
+        except ValueError as exc:
+            logger.warning("%s: symbol %s left out of the symbol view: %s", target, job.symbol, exc)
             continue
         per_symbol.append(view)
     score = float(cs.metrics["lightgbm"]["summary"]["score"])

@@ -33,7 +33,7 @@ from cohortflow.metrics import r2
 from cohortflow.oof import OOFResult, generate_oof
 from cohortflow.portfolio import portfolio_summary
 from cohortflow.ranking import rank_target, symbols_for_view
-from cohortflow.selection import Featureset, compute_importances, prune
+from cohortflow.selection import Featureset, compute_importances_many, prune
 from cohortflow.settings import Settings
 from cohortflow.snapshots import CohortDraft, draft_from_rows
 from cohortflow.splits import Holdout, holdout_of
@@ -225,14 +225,19 @@ def importances(
     t: TargetAttempt, exclusions: Mapping[Scope, Exclusions]
 ) -> dict[Scope, dict[str, pd.DataFrame]]:
     """LightGBM gain, XGBoost gain, permutation on held-out purged folds and their rank
-    combination (with random probes), both views, on the training window."""
+    combination (with random probes), both views, on the training window.
+
+    The folds of every view are fitted as one batch (:func:`compute_importances_many`):
+    the many small symbol-view fits keep every core busy where one view after another
+    would leave all but one idle. Each view's numbers are those of that view alone."""
     features = t.usable(cross_sectional(exclusions))
     train = t.holdout.train
+    symbols = [None, *t.view_symbols]
+    frames = [rows_with_target(train, t.target, symbol) for symbol in symbols]
+    found = compute_importances_many(frames, t.target, t.horizon, features, t.settings)
     return {
-        t.scope(Stage.FEATURE_SELECTION, symbol): compute_importances(
-            rows_with_target(train, t.target, symbol), t.target, t.horizon, features, t.settings
-        )
-        for symbol in [None, *t.view_symbols]
+        t.scope(Stage.FEATURE_SELECTION, symbol): by_model
+        for symbol, by_model in zip(symbols, found, strict=True)
     }
 
 

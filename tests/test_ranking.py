@@ -161,3 +161,25 @@ def test_rank_target_rejects_missing_columns(panel):
         rank_target(panel, "fwd_ret_5", 5, ["f_missing"], SETTINGS)
     with pytest.raises(ValueError, match="no features"):
         rank_target(panel, "fwd_ret_5", 5, [], SETTINGS)
+
+
+@pytest.mark.parametrize("large_rows", [10**9, 500])  # 500: the pooled folds one at a time
+def test_folds_and_views_fitted_side_by_side_give_the_same_ranking(panel, monkeypatch, large_rows):
+    import cohortflow.ranking as ranking
+
+    one = rank_target(panel, "fwd_ret_5", 5, FEATURES, SETTINGS.replace(fold_workers=1))
+    monkeypatch.setattr(ranking, "PARALLEL_MAX_ROWS", large_rows)
+    two = rank_target(
+        panel, "fwd_ret_5", 5, FEATURES, SETTINGS.replace(fold_workers=2, n_threads=2)
+    )
+    assert one.score == two.score
+    for a, b in zip(
+        (one.cross_sectional, *one.symbol_specific),
+        (two.cross_sectional, *two.symbol_specific),
+        strict=True,
+    ):
+        assert (a.view, a.symbol) == (b.view, b.symbol)
+        assert json.dumps(a.metrics, sort_keys=True) == json.dumps(b.metrics, sort_keys=True)
+        pd.testing.assert_frame_equal(
+            a.importances["lightgbm"], b.importances["lightgbm"], check_exact=True
+        )

@@ -274,3 +274,66 @@ def test_featureset_validates_view_and_symbol():
         Featureset(TARGET, "POOLED", None, ("a",))
     with pytest.raises(ValueError, match="both kept and dropped"):
         Featureset(TARGET, "CROSS_SECTIONAL", None, ("a",), {"a": "x"})
+
+
+def _brute_force_drops(model, X, y, settings, fold):
+    """Permutation drops the plain way: the whole model on each shuffled copy."""
+    from cohortflow.leakage import rank_ic
+
+    booster = model.booster_
+    base = rank_ic(booster.predict(X), y)
+    drops = []
+    for j in range(X.shape[1]):
+        rng = np.random.default_rng([settings.seed, fold, j])
+        diffs = []
+        for _ in range(settings.permutation_repeats):
+            shuffled = X.copy()
+            shuffled[:, j] = X[rng.permutation(len(X)), j]
+            diffs.append(base - rank_ic(booster.predict(shuffled), y))
+        drops.append(np.mean(diffs))
+    return np.array(drops)
+
+
+def test_permutation_drops_are_bit_for_bit_the_whole_models_on_shuffled_copies():
+    from cohortflow.models import lightgbm_regressor
+    from cohortflow.selection import _permutation_drop, _Trees
+
+    rng = np.random.default_rng(5)
+    X = rng.standard_normal((1500, 6))
+    X[rng.random(X.shape) < 0.1] = np.nan  # missing values take the default branch
+    X[:, 4] = np.round(X[:, 4])  # zeros and ties
+    X[:, 5] = 0.0  # a column no tree can split on
+    y = np.nan_to_num(X[:, 0]) + 0.5 * np.nan_to_num(X[:, 1]) + rng.standard_normal(1500)
+    settings = Settings(n_threads=1, permutation_repeats=2)
+    model = lightgbm_regressor(settings, n_estimators=40).fit(X[:1000], y[:1000])
+    held, y_held = X[1000:], y[1000:]
+    # the trees read back from the model text give LightGBM's own predictions exactly
+    trees = _Trees.read(model.booster_)
+    leaves = model.booster_.predict(held, pred_leaf=True)
+    total = np.zeros(len(held))
+    for t, values in enumerate(trees.leaf_values):
+        total += values[leaves[:, t]]
+    np.testing.assert_array_equal(total, model.booster_.predict(held))
+    assert not any(5 in f for f in trees.features)
+
+    got = _permutation_drop(model, held, y_held, settings, fold=3)
+    want = _brute_force_drops(model, held, y_held, settings, 3)
+    np.testing.assert_array_equal(got, want)
+    assert got[5] == 0.0 and got[0] > got[2]
+
+
+def test_views_fitted_as_one_batch_equal_each_view_alone(panel_frame):
+    from cohortflow.selection import compute_importances_many
+
+    symbols = sorted(panel_frame["symbol"].astype(str).unique())[:2]
+    frames = [panel_frame, *(panel_frame[panel_frame["symbol"] == s] for s in symbols)]
+    settings = SETTINGS.replace(quick_estimators=8, permutation_repeats=1, n_splits=3)
+    together = compute_importances_many(frames, TARGET, 10, FEATURES, settings)
+    alone = [
+        compute_importances(f, TARGET, 10, FEATURES, settings.replace(fold_workers=1))
+        for f in frames
+    ]
+    assert len(together) == 3
+    for a, b in zip(together, alone, strict=True):
+        for model in b:
+            pd.testing.assert_frame_equal(a[model], b[model], check_exact=True)

@@ -1,0 +1,43 @@
+"""The stage functions of :mod:`cohortflow.stages` give what their core functions give."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from cohortflow import stages
+from cohortflow.domain import Stage
+from cohortflow.features import build_panel
+from cohortflow.intake import take_in
+from cohortflow.leakage import Exclusions
+from cohortflow.selection import compute_importances
+from cohortflow.settings import load_settings
+
+TARGET, H = "fwd_ret_5", 5
+
+
+def test_importances_of_all_views_in_one_batch_equal_each_view_alone(
+    tmp_path, fast_settings_path
+) -> None:
+    from cohortflow.synthetic import generate
+
+    generate(tmp_path / "data", fmt="parquet", n_symbols=3, n_bars=300, n_noise=2, seed=3)
+    settings = load_settings(fast_settings_path).replace(
+        horizons=(H,), symbol_views=2, quick_estimators=8, permutation_repeats=1, n_splits=3
+    )
+    universe = take_in(tmp_path / "data", tmp_path / "scratch", settings).universe
+    panel = build_panel(universe, settings)
+    t = stages.TargetAttempt(TARGET, H, universe.batch, 0, settings, panel, universe)
+    excl = {t.scope(Stage.TARGET_RANKING): Exclusions(TARGET, 0)}
+    got = stages.importances(t, excl)
+
+    symbols = [None, *t.view_symbols]
+    assert list(got) == [t.scope(Stage.FEATURE_SELECTION, s) for s in symbols]
+    assert len(symbols) == 3
+    alone = settings.replace(fold_workers=1)
+    for symbol in symbols:
+        frame = stages.rows_with_target(t.holdout.train, TARGET, symbol)
+        want = compute_importances(frame, TARGET, H, list(panel.features), alone)
+        by_model = got[t.scope(Stage.FEATURE_SELECTION, symbol)]
+        assert sorted(by_model) == sorted(want)
+        for model, frame_want in want.items():
+            pd.testing.assert_frame_equal(by_model[model], frame_want, check_exact=True)
