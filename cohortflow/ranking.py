@@ -63,7 +63,6 @@ __all__ = [
     "TargetRanking",
     "ViewRanking",
     "rank_target",
-    "ranking_table",
 ]
 
 CROSS_SECTIONAL = "CROSS_SECTIONAL"
@@ -508,66 +507,3 @@ def rank_target(
         len(per_symbol),
     )  # fmt: skip
     return TargetRanking(target, int(horizon), cs, tuple(per_symbol), score, basis)
-
-
-TABLE_COLUMNS = (
-    "target",
-    "horizon",
-    "rank",
-    "score",
-    "score_basis",
-    "rank_ic",
-    "ic",
-    "icir",
-    "rank_icir",
-    "nw_t",
-    "ts_rank_ic",
-    "r2_oof_lightgbm",
-    "r2_oof_linear",
-    "rank_ic_linear",
-    "symbol_r2_mean",
-    "symbol_auc_mean",
-    "n_rows",
-    "n_symbol_views",
-)
-
-
-def ranking_table(rankings: Sequence[TargetRanking]) -> pd.DataFrame:
-    """One row per target, best first (score descending, NaN last, then target name).
-
-    Pooled-view columns are the LightGBM's unless suffixed ``_linear``; ``symbol_r2_mean``
-    averages the LightGBM's OOF R^2 over the symbol views, ``symbol_auc_mean`` its
-    fold-mean AUC of the sign.
-    """
-    records = []
-    for r in rankings:
-        gbm = r.cross_sectional.metrics["lightgbm"]["summary"]
-        lin = r.cross_sectional.metrics["linear"]["summary"]
-        sy = [v.metrics["lightgbm"]["summary"] for v in r.symbol_specific]
-        records.append(
-            {
-                "target": r.target,
-                "horizon": r.horizon,
-                "score": r.score,
-                "score_basis": r.score_basis,
-                "rank_ic": gbm["rank_ic"],
-                "ic": gbm["ic"],
-                "icir": gbm["icir"],
-                "rank_icir": gbm["rank_icir"],
-                "nw_t": gbm["nw_t"],
-                "ts_rank_ic": gbm["ts_rank_ic"],
-                "r2_oof_lightgbm": gbm["r2_oof"],
-                "r2_oof_linear": lin["r2_oof"],
-                "rank_ic_linear": lin["rank_ic"],
-                "symbol_r2_mean": _mean(np.array([s["r2_oof"] for s in sy], dtype=float)),
-                "symbol_auc_mean": _mean(np.array([s["auc"] for s in sy], dtype=float)),
-                "n_rows": r.cross_sectional.n_rows,
-                "n_symbol_views": len(sy),
-            }
-        )
-    df = pd.DataFrame.from_records(records, columns=[c for c in TABLE_COLUMNS if c != "rank"])
-    df = df.sort_values(
-        ["score", "target"], ascending=[False, True], na_position="last", kind="mergesort"
-    ).reset_index(drop=True)
-    df.insert(2, "rank", np.arange(1, len(df) + 1))
-    return df

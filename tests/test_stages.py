@@ -41,3 +41,32 @@ def test_importances_of_all_views_in_one_batch_equal_each_view_alone(
         assert sorted(by_model) == sorted(want)
         for model, frame_want in want.items():
             pd.testing.assert_frame_equal(by_model[model], frame_want, check_exact=True)
+
+
+def test_the_ranking_table_puts_the_best_score_first_and_unscored_targets_last() -> None:
+    """The report's one ranking table (``stages.ranking_table``), from the stored cohorts."""
+    from types import SimpleNamespace
+
+    def cohort(view: str, cohort_id: str, score: float | None) -> SimpleNamespace:
+        km = (
+            {"lightgbm.rank_ic": 0.1}
+            if score is None
+            else {"score": score, "lightgbm.rank_ic": 0.1}
+        )
+        return SimpleNamespace(snapshot={"view": view, "cohort_id": cohort_id, "key_metrics": km})
+
+    table = stages.ranking_table(
+        {
+            "fwd_ret_20": [cohort("CROSS_SECTIONAL", "c20", None)],
+            "fwd_ret_5": [
+                cohort("CROSS_SECTIONAL", "c5", 0.02),
+                cohort("SYMBOL_SPECIFIC", "s", 0.0),
+            ],
+            "fwd_ret_10": [cohort("CROSS_SECTIONAL", "c10", 0.08)],
+            "fwd_ret_1": [cohort("SYMBOL_SPECIFIC", "only_symbol", 0.5)],  # no pooled cohort
+        }
+    )
+    assert table["target"].tolist() == ["fwd_ret_10", "fwd_ret_5", "fwd_ret_20"]
+    assert table["rank"].tolist() == [1, 2, 3]
+    assert table["n_symbol_cohorts"].tolist() == [0, 1, 0]
+    assert table["cohort_id"].tolist() == ["c10", "c5", "c20"]
