@@ -108,6 +108,15 @@ def cli(*args: str, home: Path, timeout: float = 400, cwd: Path | None = None) -
     }
 
 
+def run_fresh(data: Path, root: Path, settings: Path, *, home: Path, timeout: float) -> dict:
+    """``cohortflow run`` of ``data`` into an emptied ``root``."""
+    shutil.rmtree(root, ignore_errors=True)
+    return cli(
+        "run", "--data", str(data), "--out", str(root), "--settings", str(settings),
+        home=home, timeout=timeout,
+    )  # fmt: skip
+
+
 def brief(r: dict) -> dict:
     return {k: r[k] for k in ("rc", "s", "last", "traceback")}
 
@@ -266,18 +275,7 @@ def main() -> None:
         data = make_data(WORK / f"bad-{case.replace(' ', '_')}", seed=1)
         edit(data)
         root = WORK / f"out-{case.replace(' ', '_')}"
-        shutil.rmtree(root, ignore_errors=True)
-        r = cli(
-            "run",
-            "--data",
-            str(data),
-            "--out",
-            str(root),
-            "--settings",
-            str(sa),
-            home=WORK / "h3",
-            timeout=300,
-        )
+        r = run_fresh(data, root, sa, home=WORK / "h3", timeout=300)
         emit(case, brief(r) | {"root written": root.exists() and any(root.iterdir())})
 
     def dates(year: int):
@@ -364,18 +362,7 @@ def main() -> None:
         path = WORK / f"s-{abs(hash(name))}.yaml"
         path.write_text(text)
         root = WORK / f"out-s-{abs(hash(name))}"
-        shutil.rmtree(root, ignore_errors=True)
-        r = cli(
-            "run",
-            "--data",
-            str(d1),
-            "--out",
-            str(root),
-            "--settings",
-            str(path),
-            home=WORK / "h5",
-            timeout=150,
-        )
+        r = run_fresh(d1, root, path, home=WORK / "h5", timeout=150)
         targets = (
             sorted(p.name for p in (root / "targets").iterdir())
             if (root / "targets").exists()

@@ -3,6 +3,7 @@ files, settings or code for a known universe run a new attempt. An unchanged fol
 starts nothing, whatever the cursor (the decision reads the sealed attempts on disk:
 :func:`cohortflow.intake.plan_attempt`, the same as ``cohortflow run``'s)."""
 
+import dataclasses
 import json
 
 from dagster import RunRequest, SensorEvaluationContext, SensorResult, SkipReason, sensor
@@ -55,8 +56,11 @@ def data_sensor(context: SensorEvaluationContext, cohortflow: CohortflowResource
         # the latest attempt ran with settings from the Launchpad: those settings, not the
         # YAML's, are what a next attempt is compared with (and runs with)
         own = AttemptInputs.of(latest)
-        inputs = AttemptInputs(
-            inputs.files, own.settings_fingerprint, inputs.code_version, own.settings, own.overrides
+        inputs = dataclasses.replace(
+            inputs,
+            settings_fingerprint=own.settings_fingerprint,
+            settings=own.settings,
+            overrides=own.overrides,
         )
     decision = plan_attempt(cohortflow.output_root, intake.record, inputs, settings)
     if decision.attempt is None or (

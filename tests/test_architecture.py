@@ -57,27 +57,24 @@ print(json.dumps(out))
 
 
 @functools.cache
-def _import_rows() -> dict[str, list]:
-    files = [str(p) for p in sorted(PROJECT.glob("*/**/*.py")) if ".venv" not in p.parts]
+def _read_imports(paths: tuple[str, ...]) -> dict[str, list]:
     done = subprocess.run(
-        [sys.executable, "-c", _READ_IMPORTS, *files], capture_output=True, text=True, check=True
+        [sys.executable, "-c", _READ_IMPORTS, *paths], capture_output=True, text=True, check=True
     )
     return json.loads(done.stdout)
+
+
+@functools.cache
+def _project_files() -> tuple[str, ...]:
+    return tuple(str(p) for p in sorted(PROJECT.glob("*/**/*.py")) if ".venv" not in p.parts)
 
 
 def imports_of(path: Path, module: str) -> Iterator[str]:
     """Every module a file imports, at any level (a lazy import is still a dependency)."""
     package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
-    rows = _import_rows().get(str(path))
+    rows = _read_imports(_project_files()).get(str(path))
     if rows is None:  # a file made by a test
-        rows = json.loads(
-            subprocess.run(
-                [sys.executable, "-c", _READ_IMPORTS, str(path)],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout
-        )[str(path)]
+        rows = _read_imports((str(path),))[str(path)]
     for kind, name, level, names in rows:
         if kind == "import":
             yield name
