@@ -389,7 +389,8 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
         )
         t = run.t
 
-        def exclusions() -> Any:
+        def inputs() -> tuple[Any, stages.TargetAttempt]:
+            """Attempt n-1's exclusions (inherited) and the attempt with its bars."""
             previous = None
             if t.attempt > 0:
                 earlier = run.store.read(K.EXCLUSIONS, AttemptKey(t.batch, t.attempt - 1, target))
@@ -397,13 +398,23 @@ def build_target_assets(target: str, horizon: int) -> list[AssetsDefinition]:
             with_bars = dataclasses.replace(
                 t, universe=run.store.read(K.UNIVERSE_BARS, AttemptKey(t.batch, t.attempt))
             )
-            return stages.find_exclusions(with_bars, previous)
+            return previous, with_bars
 
-        excl = run.get(K.EXCLUSIONS, exclusions)
+        ranked = None
+        if run.wants(K.EXCLUSIONS) and run.wants(K.RANKING_SNAPSHOTS):
+            # both: the leak tests run beside the ranking's fits (stages.exclusions_and_ranking)
+            previous, with_bars = inputs()
+            excl, ranked = run.get(
+                K.EXCLUSIONS, lambda: stages.exclusions_and_ranking(with_bars, previous)
+            )
+        else:
+            excl = run.get(K.EXCLUSIONS, lambda: stages.find_exclusions(*inputs()[::-1]))
         yield from run.output(
             K.EXCLUSIONS, excl, _exclusions_meta(excl, joined(t.universe.symbols))
         )
-        yield from run.snapshots(K.RANKING_SNAPSHOTS, lambda: stages.rank(t, excl))
+        yield from run.snapshots(
+            K.RANKING_SNAPSHOTS, lambda: ranked if ranked is not None else stages.rank(t, excl)
+        )
         yield from run.checks()
 
     @step_asset(

@@ -44,11 +44,15 @@ def export_core(ref: str, folder: Path) -> Path:
     return folder
 
 
-def run_case(case: str, out: Path, work: Path, code: Path | None) -> dict[str, Any]:
+def run_case(
+    case: str, out: Path, work: Path, code: Path | None, seed: int | None = None
+) -> dict[str, Any]:
     cmd = [sys.executable, str(REPO / "bench" / "stage_times.py"), "--case", case]
     cmd += ["--out", str(out), "--work", str(work), "--reference", "0"]
     if code is not None:
         cmd += ["--code", str(code)]
+    if seed is not None:
+        cmd += ["--set", f"seed={seed}"]
     subprocess.run(cmd, check=True, stdout=sys.stderr)
     return json.loads(out.read_text())
 
@@ -90,6 +94,22 @@ def noise_verdict(feature: str, a: dict[str, Any], b: dict[str, Any]) -> str:
     if dropped == "correlated":
         return "near-duplicate swap (correlated rule)"
     return "NOT within noise"
+
+
+def flips(before: dict[str, Any], after: dict[str, Any]) -> tuple[int, int, int]:
+    """(features kept by one run only, summed over every attempt, target and view; views
+    compared; views whose kept set differs)."""
+    n = views = differ = 0
+    for a_att, b_att in zip(before["attempts"], after["attempts"], strict=False):
+        for target, a in a_att["decisions"].items():
+            b = b_att["decisions"].get(target, {"featuresets": {}})
+            for view, fa in a["featuresets"].items():
+                fb = b["featuresets"].get(view, {"kept": []})
+                only = set(fa["kept"]) ^ set(fb["kept"])
+                n += len(only)
+                views += 1
+                differ += bool(only)
+    return n, views, differ
 
 
 def compare(before: dict[str, Any], after: dict[str, Any]) -> tuple[list[str], dict[str, int]]:
@@ -190,6 +210,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--case", default=None, help="a stage_times.py case to run twice")
     parser.add_argument("--base-ref", default=None, help="git commit of the 'before' core")
     parser.add_argument("--work", default=None)
+    parser.add_argument(
+        "--seed-control", default=None, metavar="JSON_OR_SEED",
+        help="the 'before' core at another seed (a result file, or a seed to run it with): "
+        "how many kept features the seed alone flips, the yardstick for the change's flips",
+    )  # fmt: skip
     args = parser.parse_args(argv)
     if args.case:
         if not args.base_ref:
@@ -202,7 +227,25 @@ def main(argv: list[str] | None = None) -> int:
         before, after = (json.loads(Path(p).read_text()) for p in args.results)
     else:
         parser.error("give two result files, or --case and --base-ref")
+    control = None
+    if args.seed_control is not None:
+        if Path(args.seed_control).is_file():
+            control = json.loads(Path(args.seed_control).read_text())
+        elif args.case:
+            control = run_case(
+                args.case, work / "control.json", work, code, seed=int(args.seed_control)
+            )
+        else:
+            parser.error("--seed-control SEED runs the base core: it needs --case")
     lines, tally = compare(before, after)
+    n, views, differ = flips(before, after)
+    lines.append(f"kept-set flips, after vs before: {n} features in {differ} of {views} views")
+    if control is not None:
+        cn, cviews, cdiffer = flips(before, control)
+        lines.append(
+            f"kept-set flips, before at seed {control.get('seed', '?')} vs before (the seed "
+            f"alone; the yardstick): {cn} features in {cdiffer} of {cviews} views"
+        )
     header = [
         f"decisions: case {before.get('case')} ({before.get('description')})",
         f"before: {before.get('code')}, {sum(before['wall'].values()):.1f} s; "

@@ -119,6 +119,17 @@ def write_case(case: GraphCase, folder: Path) -> tuple[Path, Path, Settings]:
     return data_dir, settings_path, load_settings(settings_path)
 
 
+def exclusions_and_ranking(t: Any, previous: Any) -> tuple[Any, Any]:
+    """``stages.exclusions_and_ranking``, or find_exclusions then rank with an older core
+    (``--code``) that has no such stage function."""
+    from cohortflow import stages
+
+    if hasattr(stages, "exclusions_and_ranking"):
+        return stages.exclusions_and_ranking(t, previous)
+    excl = stages.find_exclusions(t, previous)
+    return excl, stages.rank(t, excl)
+
+
 def bare_graph(
     data_dir: str | Path,
     settings: Settings,
@@ -158,8 +169,7 @@ def bare_graph(
         t = stages.TargetAttempt(
             target, horizon, universe.batch, attempt, settings, panel, universe
         )
-        excl = stages.find_exclusions(t, None)
-        stages.rank(t, excl)
+        excl, _ = exclusions_and_ranking(t, None)
         lap("target_ranking")
         imps = stages.importances(t, excl)
         fsets = stages.featuresets(t, imps, excl)

@@ -182,6 +182,7 @@ def run_attempts(
     # imported before the clock starts: a first import is not a stage's work (and with
     # PYTHONDONTWRITEBYTECODE set, each process compiles them again: seconds)
     import lightgbm  # noqa: F401
+    import run
     import sklearn.linear_model  # noqa: F401
     import xgboost  # noqa: F401
 
@@ -222,8 +223,7 @@ def run_attempts(
             t = stages.TargetAttempt(
                 target, horizon, universe.batch, attempt, settings, panel, universe
             )
-            excl = stages.find_exclusions(t, previous.get(target))
-            ranked = stages.rank(t, excl)
+            excl, ranked = run.exclusions_and_ranking(t, previous.get(target))
             lap("target_ranking")
             imps = importances_of(t, excl)
             fsets = stages.featuresets(t, imps, excl)
@@ -364,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         + ("; memo" if args.memo else "")
         + ("; views one by one" if args.no_batch else ""),
         code=str(Path(cohortflow.__file__).parent),
+        seed=settings.seed,
         seconds=seconds,
         load_1m=[load_before, load_after],
         reference=None

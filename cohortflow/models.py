@@ -11,6 +11,7 @@ import functools
 import importlib
 import logging
 import os
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -47,13 +48,83 @@ def lightgbm_regressor(settings: Settings, n_estimators: int | None = None, seed
         random_state=settings.seed + seed_offset,
         n_jobs=settings.n_threads,
         deterministic=True,
-        force_row_wise=True,
+        force_col_wise=True,
         verbose=-1,
     )
     device = lightgbm_device(settings)
     if device != "cpu":
         params["device_type"] = device
     return lgb.LGBMRegressor(**params)
+
+
+def lightgbm_params(
+    settings: Settings, n_estimators: int | None = None, seed_offset: int = 0
+) -> dict[str, Any]:
+    """LightGBM's native parameters (``lgb.train``) of :func:`lightgbm_regressor`: the same
+    trees (``tests/test_models.py``). ``num_iterations`` is the number of rounds."""
+    m = settings.models
+    params: dict[str, Any] = dict(
+        objective="regression",
+        num_iterations=n_estimators or m.n_estimators,
+        learning_rate=m.learning_rate,
+        num_leaves=m.num_leaves,
+        max_depth=m.max_depth,
+        min_data_in_leaf=m.min_child_samples,
+        min_sum_hessian_in_leaf=1e-3,
+        bagging_fraction=m.subsample,
+        bagging_freq=1,
+        feature_fraction=m.colsample,
+        lambda_l2=m.reg_lambda,
+        seed=settings.seed + seed_offset,
+        num_threads=settings.n_threads,
+        deterministic=True,
+        force_col_wise=True,
+        verbose=-1,
+    )
+    device = lightgbm_device(settings)
+    if device != "cpu":
+        params["device_type"] = device
+    return params
+
+
+#: rows of the float64 block a binned dataset is built from at a time
+BIN_CHUNK_ROWS = 100_000
+
+
+def lightgbm_binned(
+    matrix: Callable[[Any], Any], n_rows: int, label: Any, params: dict[str, Any]
+) -> Any:
+    """One LightGBM ``Dataset`` of ``n_rows`` rows, binned once: its folds are
+    ``dataset.subset(rows)`` (the bins, no second pass over the floats). ``matrix(idx)``
+    gives the float rows at positions ``idx``; they are read ``BIN_CHUNK_ROWS`` at a time,
+    so no float matrix of every row is held, and dropped once binned."""
+    import lightgbm as lgb
+    import numpy as np
+
+    chunks = [
+        matrix(np.arange(a, min(a + BIN_CHUNK_ROWS, n_rows)))
+        for a in range(0, n_rows, BIN_CHUNK_ROWS)
+    ]
+    data = chunks[0] if len(chunks) == 1 else chunks
+    params = {k: v for k, v in params.items() if k != "num_iterations"}  # a fit's, not data's
+    return lgb.Dataset(data, label=label, params=params, free_raw_data=True).construct()
+
+
+_subset_lock = threading.Lock()
+
+
+def train_lightgbm(params: dict[str, Any], binned: Any, rows: Any) -> Any:
+    """A LightGBM booster fitted on the rows ``rows`` (sorted positions) of the binned
+    dataset ``binned`` (:func:`lightgbm_binned`), reported to :mod:`cohortflow.fitlog`."""
+    import lightgbm as lgb
+
+    params = dict(params)
+    rounds = int(params.pop("num_iterations"))
+    with _subset_lock:  # one subset at a time is taken from the shared dataset
+        part = binned.subset(rows, params=params).construct()
+    booster = lgb.train(params, part, num_boost_round=rounds)
+    fitlog.record("lightgbm", len(rows), booster.current_iteration())
+    return booster
 
 
 def lightgbm_device(settings: Settings) -> str:

@@ -3,8 +3,11 @@
 Importances (:func:`compute_importances`), each averaged over the folds of
 ``PurgedKFold(n_splits, h, embargo)``:
 
-- ``lightgbm``: total split gain of a LightGBM model fitted on the fold's training rows;
-- ``xgboost``: total gain (``importance_type="total_gain"``) of an XGBoost model, same rows;
+- ``lightgbm``: total split gain of a LightGBM model fitted on the fold's training rows
+  (the view's rows are binned once; each fold fits on its subset of those bins);
+- ``xgboost``: total gain (``importance_type="total_gain"``) of one XGBoost model fitted on
+  the view's rows: a gain is read from the rows a model learned from, so one fit on all of
+  them ranks as the mean over the folds' fits did, at a fifth of the fitting;
 - ``permutation``: the drop in rank IC of the fold's LightGBM model on its held-out (purged)
   test rows when one column is shuffled (``settings.permutation_repeats`` seeded shuffles);
   only the trees that split on the shuffled column are evaluated again, and the prediction
@@ -39,9 +42,9 @@ Pruning (:func:`prune`), in this order and deterministic:
 Kept features are listed in combined order. The permutation frame carries one more column,
 ``t_stat`` (mean / standard error over folds), which step 3 reads.
 
-The fold models are fitted with ``settings.quick_estimators`` trees on at most
-``IMPORTANCE_MAX_TRAIN_ROWS`` training rows (seeded subset): they rank features, they are not
-the models we evaluate. Folds run side by side (``settings.fold_workers``, the threads
+The fold models (and the XGBoost model) are fitted with ``settings.quick_estimators`` trees
+on at most ``IMPORTANCE_MAX_TRAIN_ROWS`` training rows (seeded subset): they rank features,
+they are not the models we evaluate. Folds run side by side (``settings.fold_workers``, the threads
 shared; the fits are thread-count invariant), and :func:`compute_importances_many` runs the
 folds of several views (the pooled one and the symbol views) as one batch.
 :func:`cached_importances` reads a result computed before on the same inputs
@@ -53,6 +56,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -67,14 +71,16 @@ from cohortflow.leakage import average_ranks, group_corr, symbol_codes
 from cohortflow.memo import ResultCache, columns_fingerprint, memo_key
 from cohortflow.models import (
     fit_counted,
-    lightgbm_regressor,
+    lightgbm_binned,
+    lightgbm_params,
     map_parallel,
     parallel_settings,
+    train_lightgbm,
     xgboost_regressor,
 )
 from cohortflow.names import validate_name
 from cohortflow.settings import Settings
-from cohortflow.splits import PurgedKFold
+from cohortflow.splits import PurgedKFold, subsample
 
 log = logging.getLogger(__name__)
 
@@ -153,14 +159,6 @@ def make_probes(symbols: pd.Series, n_probes: int, seed: int) -> np.ndarray:
     return out
 
 
-def _subsample(rows: np.ndarray, cap: int, seed: Sequence[int]) -> np.ndarray:
-    """``rows`` if there are at most ``cap``, else a seeded uniform subset of ``cap``, sorted."""
-    if rows.size <= cap:
-        return rows
-    pick = np.random.default_rng(list(seed)).choice(rows.size, size=cap, replace=False)
-    return rows[np.sort(pick)]
-
-
 @dataclass(frozen=True)
 class _Trees:
     """A fitted LightGBM model's trees as its text model holds them: each tree's text, its
@@ -197,9 +195,9 @@ class _Trees:
 
 
 def _permutation_drop(
-    model: Any, X: np.ndarray, y: np.ndarray, settings: Settings, fold: int
+    booster: Any, X: np.ndarray, y: np.ndarray, settings: Settings, fold: int
 ) -> np.ndarray:
-    """Mean drop in rank IC of the LightGBM ``model`` on (X, y) when each column is shuffled.
+    """Mean drop in rank IC of the LightGBM ``booster`` on (X, y) when each column is shuffled.
 
     Shuffles are seeded by (seed, fold, column). A shuffled column only changes the trees
     that split on it, so only those are evaluated again (a booster of just those trees,
@@ -208,7 +206,6 @@ def _permutation_drop(
     is bit for bit what ``booster.predict`` gives on the shuffled rows, at about a fifth of
     the work (a tree of depth 4 splits on a handful of the columns).
     """
-    booster = model.booster_
     m, n_features = X.shape
     repeats = max(int(settings.permutation_repeats), 1)
     threads = settings.n_threads
@@ -346,40 +343,51 @@ def _prepare(
     )
 
 
+def _binned(view: _View, settings: Settings) -> Any:
+    """The view's rows with a target, binned once for LightGBM; each fold fits on a subset."""
+    n = view.rows.size
+    return lightgbm_binned(view.matrix, n, view.y, lightgbm_params(settings))
+
+
 def _fold_importances(
-    view: _View, k: int, settings: Settings, fit_settings: Settings
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(LightGBM gain, XGBoost total gain, permutation drop) of fold ``k`` of ``view``."""
+    view: _View, binned: Any, k: int, settings: Settings, fit_settings: Settings
+) -> tuple[np.ndarray, np.ndarray]:
+    """(LightGBM gain, permutation drop) of fold ``k`` of ``view``."""
     train_all, test = view.folds[k]
-    n_est = settings.quick_estimators
-    train = _subsample(train_all, IMPORTANCE_MAX_TRAIN_ROWS, (settings.seed, 0, k))
-    x_train, y_train = view.matrix(train), view.y[train]
-    lgbm = lightgbm_regressor(fit_settings, n_estimators=n_est)
-    fit_counted(lgbm, x_train, y_train)
-    gain = lgbm.booster_.feature_importance(importance_type="gain")
+    train = subsample(train_all, IMPORTANCE_MAX_TRAIN_ROWS, (settings.seed, 0, k))
+    params = lightgbm_params(fit_settings, n_estimators=settings.quick_estimators)
+    booster = train_lightgbm(params, binned, train)
+    gain = booster.feature_importance(importance_type="gain")
+    held = subsample(test, PERMUTATION_MAX_ROWS, (settings.seed, 1, k))
+    perm = _permutation_drop(booster, view.matrix(held), view.y[held], fit_settings, k)
+    return gain, perm
 
-    xgbm = xgboost_regressor(fit_settings, n_estimators=n_est)
-    fit_counted(xgbm, x_train, y_train)
-    del x_train
+
+def _xgboost_gain(view: _View, settings: Settings, fit_settings: Settings) -> np.ndarray:
+    """XGBoost total gain of one model on the view's rows (at most IMPORTANCE_MAX_TRAIN_ROWS):
+    a gain is read from the training rows, so one fit on all of them ranks as the mean over
+    the folds' fits did, at a fifth of the fits."""
+    train = subsample(np.arange(view.rows.size), IMPORTANCE_MAX_TRAIN_ROWS, (settings.seed, 4))
+    xgbm = xgboost_regressor(fit_settings, n_estimators=settings.quick_estimators)
+    fit_counted(xgbm, view.matrix(train), view.y[train])
     scores = xgbm.get_booster().get_score(importance_type="total_gain")  # keys "f{j}"
-    xgain = np.array([scores.get(f"f{j}", 0.0) for j in range(len(view.names))])
-
-    held = _subsample(test, PERMUTATION_MAX_ROWS, (settings.seed, 1, k))
-    perm = _permutation_drop(lgbm, view.matrix(held), view.y[held], fit_settings, k)
-    return gain, xgain, perm
+    return np.array([scores.get(f"f{j}", 0.0) for j in range(len(view.names))])
 
 
 def _frames(
-    view: _View, per_fold: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    view: _View, per_fold: Sequence[tuple[np.ndarray, np.ndarray]], xgain: np.ndarray
 ) -> dict[str, pd.DataFrame]:
     names = view.names
-    totals = {model: np.zeros(len(names)) for model in MODELS}
-    for gain, xgain, _ in per_fold:  # summed in fold order, whatever ran first
-        totals["lightgbm"] += gain
-        totals["xgboost"] += xgain
-    perm_folds = [perm for _, _, perm in per_fold]
-    totals["permutation"] = np.sum(perm_folds, axis=0)
-    out = {model: _importance_frame(names, totals[model] / len(per_fold)) for model in MODELS}
+    gain = np.zeros(len(names))
+    for fold_gain, _ in per_fold:  # summed in fold order, whatever ran first
+        gain += fold_gain
+    perm_folds = [perm for _, perm in per_fold]
+    totals = {
+        "lightgbm": gain / len(per_fold),
+        "xgboost": np.asarray(xgain, dtype=float),
+        "permutation": np.sum(perm_folds, axis=0) / len(per_fold),
+    }
+    out = {model: _importance_frame(names, totals[model]) for model in MODELS}
     t_stat = dict(zip(names, _t_stat(np.asarray(perm_folds)), strict=True))
     out["permutation"]["t_stat"] = out["permutation"]["feature"].map(t_stat).astype(float)
     out[COMBINED] = _importance_frame(names, _mean_rank_importance(out, names))
@@ -401,27 +409,43 @@ def compute_importances_many(
     features = list(dict.fromkeys(features))
     n_probes = settings.n_probes if n_probes is None else int(n_probes)
     views = [_prepare(f, target, horizon, features, settings, n_probes) for f in frames]
-    tasks = [(i, k) for i, view in enumerate(views) for k in range(len(view.folds))]
+    # per view: its XGBoost fit (k = -1; the longest job first) and its folds, which share
+    # the view's rows binned once, by whichever fold needs them first
+    tasks = [(i, k) for i, view in enumerate(views) for k in range(-1, len(view.folds))]
     fit_settings, workers = parallel_settings(settings, len(tasks))
+    binned: dict[int, Any] = {}
+    binning = [threading.Lock() for _ in views]
 
-    def fit(task: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def binned_view(i: int) -> Any:
+        with binning[i]:
+            if i not in binned:
+                binned[i] = _binned(views[i], fit_settings)
+            return binned[i]
+
+    def fit(task: tuple[int, int]) -> Any:
         i, k = task
         started = time.perf_counter()
-        out = _fold_importances(views[i], k, settings, fit_settings)
-        train, test = views[i].folds[k]
-        # INFO: a run's page shows each fold as it ends (the step's only sign of life)
+        if k < 0:
+            out: Any = _xgboost_gain(views[i], settings, fit_settings)
+            what, rows = "XGBoost", f"{min(views[i].rows.size, IMPORTANCE_MAX_TRAIN_ROWS)} rows"
+        else:
+            out = _fold_importances(views[i], binned_view(i), k, settings, fit_settings)
+            train, test = views[i].folds[k]
+            what = f"fold {k + 1}/{len(views[i].folds)}: LightGBM, permutation;"
+            rows = f"{train.size} train / {test.size} test rows"
+        # INFO: a run's page shows each fit as it ends (the step's only sign of life)
         log.info(
-            "importances %s view %d/%d fold %d/%d: LightGBM, XGBoost, permutation; "
-            "%d train / %d test rows, %.1f s",
-            target, i + 1, len(views), k + 1, len(views[i].folds), train.size, test.size,
-            time.perf_counter() - started,
+            "importances %s view %d/%d %s %s, %.1f s",
+            target, i + 1, len(views), what, rows, time.perf_counter() - started,
         )  # fmt: skip
         return out
 
-    results = iter(map_parallel(fit, tasks, workers))
+    results = dict(zip(tasks, map_parallel(fit, tasks, workers), strict=True))
+    binned.clear()  # the bins are not needed past the fits
     out = []
-    for view in views:
-        imps = _frames(view, [next(results) for _ in view.folds])
+    for i, view in enumerate(views):
+        per_fold = [results[(i, k)] for k in range(len(view.folds))]
+        imps = _frames(view, per_fold, results[(i, -1)])
         log.info(
             "importances %s: %d features + %d probes, %d rows, %d folds; top %s",
             target, view.n_features, n_probes, view.rows.size, len(view.folds),
@@ -603,7 +627,7 @@ def _spearman_matrix(
 
     Each column is ranked over its own non-NaN rows; a pair skips rows where either is NaN.
     """
-    take = _subsample(rows, CORR_MAX_ROWS, (seed, 2))
+    take = subsample(rows, CORR_MAX_ROWS, (seed, 2))
     ranks = [average_ranks(frame[n].to_numpy(dtype=float)[take]) for n in names]
     m = len(names)
     rho = np.eye(m)

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
@@ -54,6 +54,7 @@ from sklearn.model_selection._split import GroupsConsumerMixin
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "subsample",
     "EMBARGO_ON_DATE_GRID",
     "EMBARGO_ON_SYMBOL_BARS",
     "Fold",
@@ -76,6 +77,16 @@ __all__ = [
 
 EMBARGO_ON_SYMBOL_BARS = "symbol_bars"
 EMBARGO_ON_DATE_GRID = "date_grid"
+
+
+def subsample(rows: np.ndarray, cap: int, seed: Sequence[int]) -> np.ndarray:
+    """``rows`` if there are at most ``cap``, else a seeded uniform subset of ``cap`` of them,
+    sorted (uniform over dates and symbols: a fixed stride could alias with the number of
+    symbols)."""
+    if rows.size <= cap:
+        return rows
+    pick = np.random.default_rng(list(seed)).choice(rows.size, size=cap, replace=False)
+    return rows[np.sort(pick)]
 
 
 def to_datetime64(values: Any, what: str) -> np.ndarray:

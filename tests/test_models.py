@@ -87,3 +87,61 @@ def test_the_device_does_not_change_the_fingerprint() -> None:
     a = Settings().fingerprint_fields()
     b = Settings(device="cuda", lightgbm_device="gpu").fingerprint_fields()
     assert a == b
+
+
+# ---------------------------------------------------------------------------- binned fits
+def _trees(booster) -> str:
+    """A booster's trees (the model text up to its parameters section)."""
+    return booster.model_to_string().split("\nparameters:")[0]
+
+
+def _xy(n: int = 3000, f: int = 8, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((n, f))
+    x[rng.random((n, f)) < 0.05] = np.nan  # panels have gaps
+    y = np.nan_to_num(x[:, 0]) * 0.3 + rng.standard_normal(n)
+    return x, y
+
+
+def test_lightgbm_params_grow_the_same_trees_as_the_regressor() -> None:
+    """The native parameters (binned fits) and the scikit-learn wrapper (OOF, stacking) are
+    one model: the same trees from the same rows."""
+    import lightgbm as lgb
+
+    settings = Settings(n_threads=1)
+    x, y = _xy()
+    params = models.lightgbm_params(settings, n_estimators=30)
+    rounds = params.pop("num_iterations")
+    native = lgb.train(params, lgb.Dataset(x, y, params=params), num_boost_round=rounds)
+    wrapped = lightgbm_regressor(settings, n_estimators=30).fit(x, y).booster_
+    assert _trees(native) == _trees(wrapped)
+
+
+def test_a_fold_fitted_on_binned_rows_is_the_model_of_those_rows_on_those_bins(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """``train_lightgbm`` on a subset of one binned dataset grows the trees of a dataset of
+    just those rows binned with the same bin edges; binning in chunks changes nothing; the
+    fit is counted in row-rounds."""
+    import lightgbm as lgb
+
+    from cohortflow import fitlog
+
+    settings = Settings(n_threads=1)
+    x, y = _xy()
+    params = models.lightgbm_params(settings, n_estimators=20)
+    whole = models.lightgbm_binned(lambda idx: x[idx], len(y), y, params)
+    monkeypatch.setattr(models, "BIN_CHUNK_ROWS", 700)  # five chunks
+    chunked = models.lightgbm_binned(lambda idx: x[idx], len(y), y, params)
+    rows = np.flatnonzero(np.arange(len(y)) % 3 != 0)  # a fold: two rows in three
+    before = fitlog.snapshot()
+    fitted = models.train_lightgbm(params, whole, rows)
+    assert (fitlog.snapshot() - before).lightgbm == rows.size * 20
+    assert _trees(models.train_lightgbm(params, chunked, rows)) == _trees(fitted)
+    # the same rows binned on their own, with the whole set's bin edges (reference=)
+    data_params = {k: v for k, v in params.items() if k != "num_iterations"}
+    ref = lgb.Dataset(x, y, params=data_params, free_raw_data=False).construct()
+    alone = lgb.Dataset(x[rows], y[rows], reference=ref, params=data_params)
+    assert _trees(lgb.train(data_params, alone, num_boost_round=20)) == _trees(fitted)
+    # a different fold is a different model (the subset is not ignored)
+    assert _trees(models.train_lightgbm(params, whole, rows[: rows.size // 2])) != _trees(fitted)

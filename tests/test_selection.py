@@ -90,8 +90,10 @@ def test_signals_kept_at_the_top_of_combined(selected):
     combined = importances[COMBINED]["feature"].tolist()
     real = [f for f in combined if not f.startswith("probe_")]
     assert set(real[:3]) == {"sig_a", "sig_b", "sig_a_dup"}
-    assert set(SIGNALS) <= set(fs.kept)
-    assert set(fs.kept[:2]) == set(SIGNALS)  # kept in combined order
+    # sig_a and sig_a_dup (rho 0.999) are one signal: whichever ranks higher stays, once
+    pair = {"sig_a", "sig_a_dup"} & set(fs.kept)
+    assert len(pair) == 1, fs.kept
+    assert set(fs.kept[:2]) == {"sig_b", *pair}  # kept in combined order
     assert fs.kept == tuple(f for f in combined if f in fs.kept)
 
 
@@ -316,7 +318,7 @@ def test_permutation_drops_are_bit_for_bit_the_whole_models_on_shuffled_copies()
     np.testing.assert_array_equal(total, model.booster_.predict(held))
     assert not any(5 in f for f in trees.features)
 
-    got = _permutation_drop(model, held, y_held, settings, fold=3)
+    got = _permutation_drop(model.booster_, held, y_held, settings, fold=3)
     want = _brute_force_drops(model, held, y_held, settings, 3)
     np.testing.assert_array_equal(got, want)
     assert got[5] == 0.0 and got[0] > got[2]

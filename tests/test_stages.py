@@ -15,6 +15,35 @@ from cohortflow.settings import load_settings
 TARGET, H = "fwd_ret_5", 5
 
 
+def test_exclusions_and_ranking_side_by_side_equal_one_after_the_other(
+    tmp_path, fast_settings_path
+) -> None:
+    """The ranking runs beside the leak tests on the inherited exclusions alone: the same
+    exclusions and the same ranking as find_exclusions then rank, in attempt 0 and in an
+    attempt that inherits a leak (the demo's planted ``future_ret_peek``)."""
+    from cohortflow.sampledata import write_sample_universe
+
+    write_sample_universe(tmp_path / "data")
+    settings = load_settings(fast_settings_path).replace(
+        horizons=(H,), symbol_views=1, quick_estimators=8, n_splits=3, demo_leak=True
+    )
+    universe = take_in(tmp_path / "data", tmp_path / "scratch", settings).universe
+    panel = build_panel(universe, settings)
+    previous = None
+    for attempt in (0, 1):
+        t = stages.TargetAttempt(TARGET, H, universe.batch, attempt, settings, panel, universe)
+        excl, ranked = stages.exclusions_and_ranking(t, previous)
+        assert excl == stages.find_exclusions(t, previous)
+        want = stages.rank(t, excl)
+        assert [d.scope for d in ranked.drafts] == [d.scope for d in want.drafts]
+        assert [d.metrics for d in ranked.drafts] == [d.metrics for d in want.drafts]
+        assert ranked.extras == want.extras
+        previous = stages.cross_sectional(excl)
+        if attempt == 0:
+            assert previous.found_here(), "the demo's leak is found in attempt 0"
+    assert stages.cross_sectional(excl).inherited(), "attempt 1 inherits it"
+
+
 def test_importances_of_all_views_in_one_batch_equal_each_view_alone(
     tmp_path, fast_settings_path
 ) -> None:
