@@ -20,10 +20,14 @@ FAST = PROJECT / "config" / "fast.yaml"
 COHORTFLOW = Path(sys.executable).parent / "cohortflow"  # the console script
 NOT_ARTIFACTS = ("_index", "_locks")
 # the Dagster event log in memory: its SQLite file costs half the wall time of a small run
+# and no compute logs: Dagster captures each step's output through `tail -F` children, which
+# can outlive the run and hold its stdout open (a pipe read to EOF then waits for them)
 IN_MEMORY_HOME = (
     "telemetry:\n  enabled: false\n"
     "event_log_storage:\n  module: dagster._core.storage.event_log\n"
     "  class: InMemoryEventLogStorage\n"
+    "compute_logs:\n  module: dagster._core.storage.noop_compute_log_manager\n"
+    "  class: NoOpComputeLogManager\n"
 )
 
 pytestmark = pytest.mark.slow
@@ -54,16 +58,18 @@ def run_twice(data: Path, base: Path, settings: Path = FAST) -> tuple[Path, Path
             "--settings",
             str(settings),
         ]
-        procs.append(
-            subprocess.Popen(
-                cmd, cwd=PROJECT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        # output to files, not pipes: the run's exit is what we wait for, not the EOF of a
+        # pipe that a lingering grandchild may still hold
+        logs = (base / f"run_{name}.out", base / f"run_{name}.err")
+        with logs[0].open("w") as out_f, logs[1].open("w") as err_f:
+            procs.append(
+                (subprocess.Popen(cmd, cwd=PROJECT, env=env, stdout=out_f, stderr=err_f), logs)
             )
-        )
         roots.append(out)
-    for proc in procs:
-        stdout, stderr = proc.communicate(timeout=300)
-        assert proc.returncode == 0, stderr[-3000:]
-        assert "cohortflow: done" in stdout
+    for proc, (out_log, err_log) in procs:
+        proc.wait(timeout=300)
+        assert proc.returncode == 0, err_log.read_text()[-3000:]
+        assert "cohortflow: done" in out_log.read_text()
     return roots[0], roots[1]
 
 
